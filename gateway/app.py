@@ -1,0 +1,85 @@
+"""The gateway's ASGI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.auth import ApiKeyAuth
+from gateway.config import Settings
+from gateway.errors import INTERNAL_ERROR, METHOD_NOT_ALLOWED, NOT_FOUND, GatewayError, error_response
+from gateway.limits import ConcurrencyLimit
+from gateway.routes import OpenAIProxy, Probes, build_routes
+from gateway.streaming import ClientDisconnected
+from gateway.telemetry import Metrics, RequestTelemetry
+from gateway.upstream import UpstreamClient
+
+_CLIENT_CLOSED_REQUEST = 499  # nginx's convention; never reaches the client, only logs and metrics
+
+
+async def _on_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(request.scope, exc)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = METHOD_NOT_ALLOWED if exc.status_code == 405 else NOT_FOUND
+    headers = {"Allow": exc.headers["Allow"]} if exc.headers and "Allow" in exc.headers else None
+    return error_response(request.scope, GatewayError(kind, headers=headers))
+
+
+async def _on_client_disconnected(request: Request, exc: Exception) -> Response:
+    return Response(status_code=_CLIENT_CLOSED_REQUEST)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log (RequestTelemetry logs it with the request id), never to the client.
+    response = error_response(request.scope, GatewayError(INTERNAL_ERROR))
+    response.headers["x-request-id"] = request.scope["state"]["request_id"]
+    return response
+
+
+def create_app(settings: Settings) -> Starlette:
+    metrics = Metrics()
+    upstream = UpstreamClient(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await upstream.start()
+        structlog.get_logger("wardgate").info("started", upstream=settings.upstream,
+                                               auth="api_keys" if settings.api_keys else "off")
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    routes = build_routes(OpenAIProxy(upstream, settings), Probes(upstream, metrics))
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(RequestTelemetry, metrics=metrics, route_paths=frozenset(route.path for route in routes)),
+            Middleware(ApiKeyAuth, keys=settings.api_keys),
+            Middleware(
+                ConcurrencyLimit,
+                max_concurrency=settings.max_concurrency,
+                max_queue=settings.max_queue,
+                queue_timeout_s=settings.queue_timeout_s,
+                metrics=metrics,
+            ),
+        ],
+        exception_handlers={
+            GatewayError: _on_gateway_error,
+            HTTPException: _on_http_exception,
+            ClientDisconnected: _on_client_disconnected,
+            Exception: _on_unexpected,
+        },
+        lifespan=lifespan,
+    )

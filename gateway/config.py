@@ -1,0 +1,135 @@
+"""Gateway settings: defaults < YAML config file < `WARDGATE_*` environment < command-line options.
+
+Every setting is a field of `Settings`; its environment variable is `WARDGATE_<FIELD>` (complex values
+such as `api_keys` as JSON). Errors name the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_UPSTREAM = "http://127.0.0.1:8000"
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator; the CLI prints it without a traceback."""
+
+
+class ApiKey(BaseModel):
+    """One client key. Only its SHA-256 is configured, so a leaked config file leaks no key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, description="Name of the key in logs and audit records.")
+    sha256: str = Field(description="Hex SHA-256 of the key; `wardgate keys hash` prints it.")
+    tenant: str = Field(min_length=1)
+    role: Literal["user", "admin"] = "user"
+
+    @field_validator("sha256")
+    @classmethod
+    def _is_sha256_hex(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _SHA256_HEX.match(value):
+            raise ValueError("must be 64 hex characters (the SHA-256 of the key, not the key itself)")
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WARDGATE_", extra="forbid", validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    upstream: str = Field(DEFAULT_UPSTREAM, description="Base URL of the OpenAI-compatible model server")
+    upstream_api_key: str | None = Field(None, description="Bearer key the gateway sends upstream")
+
+    max_body_bytes: int = Field(1024 * 1024, ge=1)
+    max_upstream_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="non-streamed responses")
+    max_concurrency: int = Field(256, ge=1, description="requests in flight at once")
+    max_queue: int = Field(256, ge=0, description="requests waiting for a slot; beyond this: 429")
+    queue_timeout_s: float = Field(5.0, gt=0)
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0, description="longest silence from the upstream")
+    total_timeout_s: float = Field(600.0, gt=0, description="longest whole upstream exchange")
+    upstream_pool_size: int = Field(256, ge=1)
+
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("upstream")
+    @classmethod
+    def _is_http_base_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000")
+        # Routes are forwarded with their /v1 prefix, so a base URL that already ends in /v1 would
+        # double it; accept the common spelling rather than fail on it.
+        return re.sub(r"/v1/?$", "", value.rstrip("/"))
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as WARDGATE_* variables, the form worker processes read them in."""
+        values = self.model_dump(mode="json", exclude_none=True)
+        return {
+            f"WARDGATE_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+            for name, value in values.items()
+        }
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from all layers; `overrides` are command-line values (None = not given)."""
+    cli_values = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        # Environment and command line, without the file: tells which fields they set explicitly.
+        explicit = Settings(**cli_values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "command line / WARDGATE_* environment")) from None
+    if config_file is None:
+        return explicit
+    file_values, lines = _read_yaml(config_file)
+    merged = {**file_values, **{name: getattr(explicit, name) for name in explicit.model_fields_set}}
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(config_file), lines)) from None
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The mapping in the file and the line of each top-level key (for error messages)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if values is None:
+        return {}, {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the config file must be a mapping of setting names to values")
+    lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
+    return values, lines
+
+
+def _describe(exc: ValidationError, source: str, lines: dict[str, int] | None = None) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        top = str(error["loc"][0]) if error["loc"] else ""
+        where = f"{source}:{lines[top]}" if lines and top in lines else source
+        message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{where}: {field}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(problems)

@@ -1,0 +1,226 @@
+"""The catalogue of stable error codes a client can see.
+
+Every refusal or failure the gateway returns is one `ErrorKind` from this module: a stable `WGxxxx`
+code, an HTTP status, an OpenAI-style error body, and a documented cause and fix. docs/errors.md is
+generated from this catalogue (`wardgate errors --markdown`) and a test keeps the two identical.
+
+Code ranges: WG1xxx policy decisions, WG2xxx upstream failures, WG3xxx authentication,
+WG4xxx bad requests, WG5xxx capacity, WG9xxx internal faults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from starlette.responses import Response
+from starlette.types import Scope
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    code: str
+    name: str
+    status: int
+    type: str  # OpenAI-style error type, for SDKs that branch on it
+    message: str  # default message; a raise site may give a more precise one
+    cause: str
+    fix: str
+
+    def body(self, request_id: str, message: str | None = None, **extra: str) -> bytes:
+        error = {
+            "code": self.code,
+            "name": self.name,
+            "type": self.type,
+            "message": message or self.message,
+            "request_id": request_id,
+        }
+        error.update(extra)
+        return json.dumps({"error": error}, ensure_ascii=False).encode()
+
+
+CATALOGUE: dict[str, ErrorKind] = {}
+
+
+def _register(kind: ErrorKind) -> ErrorKind:
+    if kind.code in CATALOGUE:
+        raise ValueError(f"duplicate error code {kind.code}")
+    CATALOGUE[kind.code] = kind
+    return kind
+
+
+UPSTREAM_UNREACHABLE = _register(ErrorKind(
+    "WG2001", "upstream_unreachable", 502, "upstream_error",
+    "The model server could not be reached.",
+    "Connecting to the upstream model server failed: connection refused, DNS failure, or the connect "
+    "timeout expired.",
+    "Check that the model server runs and that `--upstream` points at it; `GET /readyz` shows "
+    "whether the gateway can reach it.",
+))
+UPSTREAM_TIMEOUT = _register(ErrorKind(
+    "WG2002", "upstream_timeout", 504, "upstream_error",
+    "The model server did not answer in time.",
+    "The upstream accepted the connection but sent nothing for longer than the read timeout, or the "
+    "whole exchange took longer than the total timeout.",
+    "Retry later; if the model is just slow, raise `read_timeout_s` / `total_timeout_s`.",
+))
+# WG2003 upstream_circuit_open is reserved for the circuit breaker (DESIGN.md).
+UPSTREAM_SERVER_ERROR = _register(ErrorKind(
+    "WG2004", "upstream_server_error", 502, "upstream_error",
+    "The model server failed with a server error.",
+    "The upstream answered with an HTTP 5xx status.",
+    "Look at the model server's logs; the upstream status is named in the message.",
+))
+UPSTREAM_BAD_RESPONSE = _register(ErrorKind(
+    "WG2005", "upstream_bad_response", 502, "upstream_error",
+    "The model server sent a response that is not valid OpenAI wire format.",
+    "The upstream body was not JSON where JSON was due, an SSE event carried a payload that is not "
+    "JSON, or the response was larger than `max_upstream_body_bytes`.",
+    "Check that `--upstream` points at an OpenAI-compatible server (not, say, a web UI or a proxy "
+    "error page).",
+))
+UPSTREAM_INTERRUPTED = _register(ErrorKind(
+    "WG2006", "upstream_interrupted", 502, "upstream_error",
+    "The model server's response broke off before it finished.",
+    "The upstream closed the connection in the middle of its response body. In a stream (after the "
+    "200 status has gone out) the client receives this, like any mid-stream failure, as a final SSE "
+    "error event followed by `data: [DONE]`.",
+    "Retry the request; look at the model server's logs for a crash or restart.",
+))
+
+MISSING_API_KEY = _register(ErrorKind(
+    "WG3001", "missing_api_key", 401, "authentication_error",
+    "This gateway needs an API key: send `Authorization: Bearer <key>`.",
+    "API keys are configured and the request carried no `Authorization: Bearer` header.",
+    "Send the key your operator issued in an `Authorization: Bearer` header.",
+))
+INVALID_API_KEY = _register(ErrorKind(
+    "WG3002", "invalid_api_key", 401, "authentication_error",
+    "The API key is not valid.",
+    "The bearer token matches no configured key (keys are compared by their SHA-256).",
+    "Check the key; operators add keys with `wardgate keys hash` and the `api_keys` setting.",
+))
+
+INVALID_JSON = _register(ErrorKind(
+    "WG4001", "invalid_json", 400, "invalid_request_error",
+    "The request body is not valid JSON.",
+    "The body could not be parsed as JSON (the message gives line and column).",
+    "Send a JSON object as the body, with `Content-Type: application/json`.",
+))
+INVALID_UTF8 = _register(ErrorKind(
+    "WG4002", "invalid_utf8", 400, "invalid_request_error",
+    "The request body is not valid UTF-8.",
+    "JSON must be UTF-8 encoded; the body contained a byte sequence that is not UTF-8.",
+    "Encode the body as UTF-8.",
+))
+INVALID_REQUEST = _register(ErrorKind(
+    "WG4003", "invalid_request", 400, "invalid_request_error",
+    "The request does not match the OpenAI API schema.",
+    "A field is missing or has the wrong type; `param` names the field.",
+    "Fix the field named in `param`; see the OpenAI API reference for the route.",
+))
+BODY_TOO_LARGE = _register(ErrorKind(
+    "WG4004", "body_too_large", 413, "invalid_request_error",
+    "The request body is larger than this gateway accepts.",
+    "The body exceeded `max_body_bytes` (default 1 MiB). The gateway stops reading at the limit; "
+    "nothing is forwarded.",
+    "Send a smaller request, or raise `max_body_bytes` if such bodies are legitimate.",
+))
+NOT_FOUND = _register(ErrorKind(
+    "WG4005", "not_found", 404, "invalid_request_error",
+    "There is no such route on this gateway.",
+    "The path is not one of the routes wardgate serves; unknown paths are denied, not forwarded.",
+    "Use /v1/chat/completions, /v1/completions, /v1/embeddings or /v1/models.",
+))
+METHOD_NOT_ALLOWED = _register(ErrorKind(
+    "WG4006", "method_not_allowed", 405, "invalid_request_error",
+    "This route does not accept that HTTP method.",
+    "For example a GET on /v1/chat/completions, which only accepts POST.",
+    "Use the method the OpenAI API documents for the route.",
+))
+
+OVERLOADED = _register(ErrorKind(
+    "WG5001", "overloaded", 429, "rate_limit_error",
+    "The gateway is at capacity; retry after the time in the Retry-After header.",
+    "All `max_concurrency` request slots are busy and the wait queue (`max_queue`) is full, or a "
+    "queued request waited longer than `queue_timeout_s`.",
+    "Retry after the Retry-After delay with backoff; operators can raise `max_concurrency` or add "
+    "replicas.",
+))
+
+INTERNAL_ERROR = _register(ErrorKind(
+    "WG9001", "internal_error", 500, "server_error",
+    "The gateway failed unexpectedly; the failure is logged under this request id.",
+    "A bug or an unexpected condition inside wardgate. The client never sees the traceback; the log "
+    "line with the same request_id has it.",
+    "Report it with the request id and the matching log line.",
+))
+
+
+class GatewayError(Exception):
+    """Raised anywhere in request handling; rendered by the app as the kind's coded response."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or kind.message)
+        self.kind = kind
+        self.message = message or kind.message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self, request_id: str) -> bytes:
+        extra = {"param": self.param} if self.param is not None else {}
+        return self.kind.body(request_id, self.message, **extra)
+
+
+def render_markdown() -> str:
+    """docs/errors.md, generated so that the documentation cannot drift from the code."""
+    lines = [
+        "# wardgate error codes",
+        "",
+        "<!-- Generated by `wardgate errors --markdown > docs/errors.md`; do not edit by hand. -->",
+        "",
+        "Every error body has the OpenAI shape, plus a stable code and the request id:",
+        "",
+        "```json",
+        '{"error": {"code": "WG4001", "name": "invalid_json", "type": "invalid_request_error",',
+        ' "message": "...", "request_id": "..."}}',
+        "```",
+        "",
+        "`param` is added when one request field is at fault; `rule_id` when a policy rule decided.",
+        "The same request id is in the `X-Request-ID` response header and in the gateway's log line.",
+        "",
+        "| code | name | HTTP | type |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| {k.code} | `{k.name}` | {k.status} | {k.type} |" for k in CATALOGUE.values()]
+    for kind in CATALOGUE.values():
+        lines += [
+            "",
+            f"## {kind.code} `{kind.name}`",
+            "",
+            f"HTTP {kind.status}, type `{kind.type}`. Message: {kind.message}",
+            "",
+            f"**Cause.** {kind.cause}",
+            "",
+            f"**Fix.** {kind.fix}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def error_response(scope: Scope, error: GatewayError) -> Response:
+    """The coded response for `error`; records the code for the access log and metrics."""
+    state = scope.setdefault("state", {})
+    state["error_code"] = error.kind.code
+    return Response(
+        error.body(state.get("request_id", "")),
+        status_code=error.kind.status,
+        headers=error.headers,
+        media_type="application/json",
+    )

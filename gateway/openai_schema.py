@@ -1,0 +1,75 @@
+"""What the gateway checks of OpenAI requests before it forwards them.
+
+Only the fields the gateway relies on (the texts to inspect, `stream`) are typed; everything else
+passes through untouched (`extra="allow"`), so new OpenAI parameters need no gateway release.
+Strict mode: `"stream": "yes"` is a client bug to report, not a value to coerce.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from gateway.errors import INVALID_JSON, INVALID_REQUEST, INVALID_UTF8, GatewayError
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+_PASS_THROUGH = ConfigDict(extra="allow", strict=True)
+
+
+class ContentPart(BaseModel):
+    model_config = _PASS_THROUGH
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = _PASS_THROUGH
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = _PASS_THROUGH
+    model: str
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    stream: bool = False
+
+
+class CompletionRequest(BaseModel):
+    model_config = _PASS_THROUGH
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    stream: bool = False
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = _PASS_THROUGH
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+
+
+_ADAPTERS = {
+    model: TypeAdapter(model) for model in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+}
+
+
+def parse_request(model: type[RequestModel], body: bytes) -> RequestModel:
+    """Validate `body` as `model`, or raise the coded error that says precisely what is wrong."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GatewayError(
+            INVALID_UTF8, f"The request body is not valid UTF-8 (byte offset {exc.start})."
+        ) from None
+    try:
+        return _ADAPTERS[model].validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise GatewayError(INVALID_JSON, f"The request body is not valid JSON: {first['ctx']['error']}.") from None
+        if first["type"] == "model_type":
+            raise GatewayError(INVALID_REQUEST, "The request body must be a JSON object.") from None
+        param = ".".join(str(part) for part in first["loc"])
+        raise GatewayError(INVALID_REQUEST, f"Invalid field `{param}`: {first['msg']}.", param=param) from None

@@ -1,0 +1,169 @@
+"""The HTTP routes: OpenAI-compatible endpoints proxied upstream, plus health, readiness, metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import aiohttp
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from gateway.config import Settings
+from gateway.errors import (
+    BODY_TOO_LARGE,
+    UPSTREAM_BAD_RESPONSE,
+    UPSTREAM_SERVER_ERROR,
+    GatewayError,
+)
+from gateway.openai_schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    RequestModel,
+    parse_request,
+)
+from gateway.streaming import CancelOnDisconnect, RawResponse, SSERelayResponse
+from gateway.telemetry import Metrics
+from gateway.upstream import (
+    UpstreamClient,
+    request_headers_for_upstream,
+    response_headers_for_client,
+    transport_error,
+)
+
+
+# Watch for a vanished client only once an upstream answer takes longer than this (see CancelOnDisconnect).
+DISCONNECT_WATCH_GRACE_S = 0.05
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed `limit` bytes: by its declared
+    Content-Length before reading anything, or by counting while it streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
+
+
+class OpenAIProxy:
+    """Validates OpenAI requests and relays them to the upstream model server."""
+
+    def __init__(self, upstream: UpstreamClient, settings: Settings) -> None:
+        self.upstream = upstream
+        self.max_body_bytes = settings.max_body_bytes
+        self.max_upstream_body_bytes = settings.max_upstream_body_bytes
+        self.upstream_api_key = settings.upstream_api_key
+
+    async def chat_completions(self, request: Request) -> ASGIApp:
+        return await self._validated_forward(request, ChatCompletionRequest)
+
+    async def completions(self, request: Request) -> ASGIApp:
+        return await self._validated_forward(request, CompletionRequest)
+
+    async def embeddings(self, request: Request) -> ASGIApp:
+        return await self._validated_forward(request, EmbeddingRequest)
+
+    async def models(self, request: Request) -> ASGIApp:
+        return await self._forward(request, None, stream=False)
+
+    async def _validated_forward(self, request: Request, model: type[RequestModel]) -> ASGIApp:
+        body = await read_body(request, self.max_body_bytes)
+        parsed = parse_request(model, body)
+        # The original bytes go upstream, not a re-serialisation: the model server sees exactly
+        # what the client sent.
+        return await self._forward(request, body, stream=getattr(parsed, "stream", False))
+
+    async def _forward(self, request: Request, body: bytes | None, *, stream: bool) -> ASGIApp:
+        scope = request.scope
+        state = scope["state"]
+        headers = request_headers_for_upstream(scope["headers"], state["request_id"], self.upstream_api_key)
+        path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
+        started = time.perf_counter()
+        async with CancelOnDisconnect(scope, request.receive, grace_s=DISCONNECT_WATCH_GRACE_S):
+            upstream = await self.upstream.send(scope["method"], path, headers, body)
+            state["upstream_s"] = time.perf_counter() - started
+            client_headers = response_headers_for_client(upstream.headers.items())
+            if stream and upstream.status == 200 and upstream.content_type == "text/event-stream":
+                return SSERelayResponse(upstream, client_headers, self.max_upstream_body_bytes)
+            try:
+                payload = await self._read_whole(upstream)
+            finally:
+                upstream.release()
+        _check_complete_response(upstream.status, payload)
+        return RawResponse(upstream.status, client_headers, payload)
+
+    async def _read_whole(self, upstream: aiohttp.ClientResponse) -> bytes:
+        limit = self.max_upstream_body_bytes
+        if upstream.content_length is not None and upstream.content_length > limit:
+            raise GatewayError(UPSTREAM_BAD_RESPONSE, f"The model server's response exceeds {limit} bytes.")
+        try:
+            if upstream.content_length is not None:
+                return await upstream.read()
+            chunks, size = [], 0
+            async for chunk in upstream.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise GatewayError(UPSTREAM_BAD_RESPONSE, f"The model server's response exceeds {limit} bytes.")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc, response_started=True) from None
+
+
+def _check_complete_response(status: int, payload: bytes) -> None:
+    """Upstream 4xx answers are the client's business and pass through; 5xx and non-JSON success
+    bodies are the upstream's failure and become coded errors."""
+    if status >= 500:
+        raise GatewayError(UPSTREAM_SERVER_ERROR, f"The model server failed with HTTP {status}.")
+    if 200 <= status < 300:
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise GatewayError(
+                UPSTREAM_BAD_RESPONSE, f"The model server answered HTTP {status} with a body that is not a JSON object."
+            )
+
+
+class Probes:
+    def __init__(self, upstream: UpstreamClient, metrics: Metrics) -> None:
+        self.upstream = upstream
+        self.metrics = metrics
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        ready, detail = await self.upstream.readiness()
+        return JSONResponse({"status": "ready" if ready else "not ready", "upstream": detail},
+                            status_code=200 if ready else 503)
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def build_routes(proxy: OpenAIProxy, probes: Probes) -> list[Route]:
+    return [
+        Route("/v1/chat/completions", proxy.chat_completions, methods=["POST"]),
+        Route("/v1/completions", proxy.completions, methods=["POST"]),
+        Route("/v1/embeddings", proxy.embeddings, methods=["POST"]),
+        Route("/v1/models", proxy.models, methods=["GET"]),
+        Route("/healthz", probes.healthz, methods=["GET"]),
+        Route("/readyz", probes.readyz, methods=["GET"]),
+        Route("/metrics", probes.metrics_text, methods=["GET"]),
+    ]

@@ -1,0 +1,2 @@
+"""Policy schema, loader and the shipped YAML policies (data only: loads no model).
+Not built yet (issue 4)."""

@@ -1,0 +1,100 @@
+"""Real servers on loopback: the fake upstream in a thread, the gateway as a `wardgate serve` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+
+WARDGATE = str(Path(sys.executable).parent / "wardgate")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GatewayProcess:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [WARDGATE, "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._wait_until_up()
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"wardgate exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("wardgate did not come up in 30 s")
+
+    def log_lines(self) -> list[dict]:
+        self._log.flush()
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._log.close()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Starts a gateway with the given command-line arguments; all are stopped at session end."""
+    started: list[GatewayProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
+        log = tmp_path_factory.mktemp("gateway") / "wardgate.log"
+        gateway = GatewayProcess(list(args), log, env)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(start_gateway, upstream: FakeUpstream) -> GatewayProcess:
+    """The default gateway in front of the fake upstream, with a 1 s read timeout for the slow cases."""
+    return start_gateway("--upstream", upstream.url, "--read-timeout", "1")
+
+
+@pytest.fixture()
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=10) as http:
+        yield http

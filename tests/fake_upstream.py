@@ -1,0 +1,207 @@
+"""A fake OpenAI-compatible model server: a real aiohttp HTTP server on a loopback port.
+
+The request's `model` picks a behaviour (see `FakeUpstream._chat`), so that the same client call can
+go to the fake directly and through the gateway. It runs in a thread with its own event loop and
+records what it observed (request headers, a client that went away) for the tests to assert on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+STREAM_WORDS = ["Hello", " from", " the", " fake", " model", ",", " 你好", "!"]
+
+
+@dataclass
+class Observations:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    events: list[tuple[str, str]] = field(default_factory=list)  # (event, model)
+    last_headers: dict[str, str] = field(default_factory=dict)
+    requests: int = 0
+
+    def record(self, event: str, model: str) -> None:
+        with self.lock:
+            self.events.append((event, model))
+
+    def mark(self) -> int:
+        """A position in the event list: pass it to `wait_for` to ignore what happened before."""
+        with self.lock:
+            return len(self.events)
+
+    def seen(self, event: str, model: str, since: int = 0) -> bool:
+        with self.lock:
+            return (event, model) in self.events[since:]
+
+    def wait_for(self, event: str, model: str, timeout: float = 5.0, since: int = 0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.seen(event, model, since):
+                return True
+            time.sleep(0.01)
+        return False
+
+
+def completion_body(model: str, content: str) -> dict:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13},
+    }
+
+
+def chunk_event(model: str, delta: dict, finish_reason: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.observed = Observations()
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeUpstream:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    def _observe(self, request: web.Request) -> None:
+        with self.observed.lock:
+            self.observed.last_headers = {k.lower(): v for k, v in request.headers.items()}
+            self.observed.requests += 1
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self._observe(request)
+        return web.json_response({"object": "list", "data": [{"id": "echo", "object": "model", "owned_by": "fake"}]})
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        self._observe(request)
+        body = await request.json()
+        return web.json_response({
+            "object": "list", "model": body["model"],
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.125]}],
+            "usage": {"prompt_tokens": 2, "total_tokens": 2},
+        })
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        self._observe(request)
+        body = await request.json()
+        if body.get("stream"):
+            return await self._stream(request, body["model"], delay=0.0)
+        return web.json_response({
+            "id": "cmpl-fake", "object": "text_completion", "created": 1700000000, "model": body["model"],
+            "choices": [{"index": 0, "text": " world", "finish_reason": "stop"}],
+        })
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        """Behaviour by model name:
+
+        echo           answers with the last user message (streams word by word if asked)
+        slow-stream    streams a chunk every 100 ms for 5 s; records `stream_done` or `client_gone`
+        hang           sends nothing for 30 s, noticing a client that goes away (`client_gone`)
+        garbage        HTTP 200 with an HTML page
+        garbage-stream a valid event, then an event whose data is not JSON
+        cut-stream     two events, then the connection is dropped mid-stream
+        error500       HTTP 500 with an error body
+        bad-request    HTTP 400 with an OpenAI-style error body (to be passed through)
+        """
+        self._observe(request)
+        body = await request.json()
+        model = body["model"]
+        stream = body.get("stream", False)
+        if model == "echo" and not stream:
+            return web.json_response(completion_body(model, "echo: " + body["messages"][-1]["content"]))
+        if model == "echo":
+            return await self._stream(request, model, delay=0.0)
+        if model == "slow-stream":
+            return await self._stream(request, model, delay=0.1, repeat=6)
+        if model == "hang":
+            for _ in range(600):
+                if request.transport is None or request.transport.is_closing():
+                    self.observed.record("client_gone", model)
+                    break
+                await asyncio.sleep(0.05)
+            return web.json_response(completion_body(model, "too late"))
+        if model == "garbage":
+            return web.Response(text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        if model == "garbage-stream":
+            response = await self._start_sse(request)
+            await response.write(chunk_event(model, {"role": "assistant", "content": "ok"}))
+            await response.write(b"data: <html>not json</html>\n\n")
+            await response.write_eof()
+            return response
+        if model == "cut-stream":
+            response = await self._start_sse(request)
+            await response.write(chunk_event(model, {"role": "assistant", "content": "part"}))
+            await response.write(chunk_event(model, {"content": "ial"}))
+            await asyncio.sleep(0.05)
+            request.transport.close()
+            return response
+        if model == "error500":
+            return web.json_response({"error": {"message": "model crashed"}}, status=500)
+        if model == "bad-request":
+            return web.json_response(
+                {"error": {"message": "unknown model", "type": "invalid_request_error", "code": "model_not_found"}},
+                status=400,
+            )
+        raise web.HTTPNotFound(text=f"fake upstream has no model {model!r}")
+
+    @staticmethod
+    async def _start_sse(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        return response
+
+    async def _stream(self, request: web.Request, model: str, delay: float, repeat: int = 1) -> web.StreamResponse:
+        response = await self._start_sse(request)
+        try:
+            await response.write(chunk_event(model, {"role": "assistant", "content": ""}))
+            for word in STREAM_WORDS * repeat:
+                await asyncio.sleep(delay)
+                await response.write(chunk_event(model, {"content": word}))
+            await response.write(chunk_event(model, {}, finish_reason="stop"))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            self.observed.record("stream_done", model)
+        except (ConnectionError, asyncio.CancelledError):
+            self.observed.record("client_gone", model)
+            raise
+        return response
