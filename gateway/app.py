@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,16 +18,8 @@ from gateway.config import Settings
 from gateway.errors import INTERNAL_ERROR, METHOD_NOT_ALLOWED, NOT_FOUND, GatewayError, error_response
 from gateway.limits import ConcurrencyLimit
 from gateway.routes import OpenAIProxy, Probes, build_routes
-from gateway.streaming import ClientDisconnected
 from gateway.telemetry import Metrics, RequestTelemetry
 from gateway.upstream import UpstreamClient
-
-_CLIENT_CLOSED_REQUEST = 499  # nginx's convention; never reaches the client, only logs and metrics
-
-
-async def _on_gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return error_response(request.scope, exc)
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
@@ -34,10 +27,6 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     kind = METHOD_NOT_ALLOWED if exc.status_code == 405 else NOT_FOUND
     headers = {"Allow": exc.headers["Allow"]} if exc.headers and "Allow" in exc.headers else None
     return error_response(request.scope, GatewayError(kind, headers=headers))
-
-
-async def _on_client_disconnected(request: Request, exc: Exception) -> Response:
-    return Response(status_code=_CLIENT_CLOSED_REQUEST)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -54,6 +43,10 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await upstream.start()
+        # Everything allocated so far lives as long as the process: keep it out of every future
+        # collection (fewer, shorter GC pauses; the proxy's p99 showed them).
+        gc.collect()
+        gc.freeze()
         structlog.get_logger("wardgate").info("started", upstream=settings.upstream,
                                                auth="api_keys" if settings.api_keys else "off")
         try:
@@ -76,9 +69,7 @@ def create_app(settings: Settings) -> Starlette:
             ),
         ],
         exception_handlers={
-            GatewayError: _on_gateway_error,
             HTTPException: _on_http_exception,
-            ClientDisconnected: _on_client_disconnected,
             Exception: _on_unexpected,
         },
         lifespan=lifespan,

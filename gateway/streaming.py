@@ -9,10 +9,10 @@ change the status line any more, so it ends the stream with an error event and `
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 
 import aiohttp
+import orjson
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import UPSTREAM_BAD_RESPONSE, GatewayError
@@ -90,8 +90,8 @@ def event_problem(event: bytes) -> str | None:
     if payload == b"[DONE]":
         return None
     try:
-        parsed = json.loads(payload)
-    except ValueError:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
         return f"event data is not JSON: {payload[:60]!r}"
     return None if isinstance(parsed, dict) else "event data is not a JSON object"
 

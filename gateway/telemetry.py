@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import os
+import sys
 import time
 
 import orjson
@@ -95,6 +95,27 @@ class Metrics:
             registry=self.registry,
         )
 
+        # labels() validates and locks on every call; the label sets are few, so keep the children.
+        self._by_route_status: dict[tuple[str, int], tuple[Counter, Histogram, Histogram]] = {}
+
+    def record_request(self, route: str, status: int, elapsed_s: float, upstream_s: float | None,
+                       error_code: str | None) -> None:
+        children = self._by_route_status.get((route, status))
+        if children is None:
+            children = (
+                self.requests.labels(route, str(status)),
+                self.request_duration.labels(route),
+                self.upstream_duration.labels(route),
+            )
+            self._by_route_status[(route, status)] = children
+        requests, request_duration, upstream_duration = children
+        requests.inc()
+        request_duration.observe(elapsed_s)
+        if upstream_s is not None:
+            upstream_duration.observe(upstream_s)
+        if error_code:
+            self.errors.labels(error_code).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -164,15 +185,9 @@ class RequestTelemetry:
             # No response started: the app crashed before answering (ServerErrorMiddleware then
             # answers 500), or the client went away first (499, nginx's convention).
             status = 499 if state.get("client_disconnected") else 500
-        metrics = self.metrics
-        metrics.requests.labels(route_label, str(status)).inc()
-        metrics.request_duration.labels(route_label).observe(elapsed)
         error_code = state.get("error_code")
-        if error_code:
-            metrics.errors.labels(error_code).inc()
         upstream_s = state.get("upstream_s")
-        if upstream_s is not None:
-            metrics.upstream_duration.labels(route_label).observe(upstream_s)
+        self.metrics.record_request(route_label, status, elapsed, upstream_s, error_code)
         fields = {
             "request_id": state["request_id"],
             "tenant": state.get("tenant"),
@@ -185,6 +200,8 @@ class RequestTelemetry:
         }
         if error_code:
             fields["error_code"] = error_code
+        if state.get("client_disconnected"):
+            fields["client_disconnected"] = True
         if failure is not None and not isinstance(failure, asyncio.CancelledError):
             self.log.error("request", **fields, exc_info=failure)
         else:

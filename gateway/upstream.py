@@ -7,9 +7,7 @@ from aiohttp reaches a client.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Iterable
 
 import aiohttp
 
@@ -24,48 +22,52 @@ from gateway.errors import (
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "transfer-encoding", "upgrade",
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection",
+    b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
-# Recomputed or owned by the gateway. Accept-Encoding is dropped so that the upstream answers in
+# Recomputed or owned by the gateway. Accept-Encoding is replaced so that the upstream answers in
 # plain text the gateway can inspect; Content-Length/-Encoding follow the body actually sent.
-_NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "expect"}
-_NOT_FORWARDED_DOWNSTREAM = HOP_BY_HOP | {"content-length", "content-encoding", "server", "date"}
+_NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {b"host", b"content-length", b"accept-encoding", b"expect", b"x-request-id"}
+_NOT_FORWARDED_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"content-encoding", b"server", b"date", b"x-request-id"}
 
 READY_CACHE_S = 1.0
 
+Headers = list[tuple[bytes, bytes]]
 
-def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
-    """Header names listed in Connection are hop-by-hop for this message too."""
-    return {
-        token.strip().lower()
+
+def _dropped(base: frozenset[bytes], headers: Headers) -> frozenset[bytes]:
+    """`base` plus the header names listed in Connection, which are hop-by-hop for this message."""
+    named = {
+        token.strip()
         for name, value in headers
-        if name.lower() == "connection"
-        for token in value.split(",")
+        if name == b"connection"
+        for token in value.lower().split(b",")
     }
+    return base | named if named else base
 
 
 def request_headers_for_upstream(
-    raw_headers: list[tuple[bytes, bytes]], request_id: str, upstream_api_key: str | None
-) -> dict[str, str]:
-    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers]
-    dropped = _NOT_FORWARDED_UPSTREAM | _connection_tokens(decoded)
-    headers = {name: value for name, value in decoded if name not in dropped}
-    headers["x-request-id"] = request_id
-    headers["accept-encoding"] = "identity"
+    client_headers: Headers, request_id: str, upstream_api_key: str | None
+) -> list[tuple[str, str]]:
+    """Client headers (ASGI: names already lower case) as the upstream should get them."""
+    dropped = _dropped(_NOT_FORWARDED_UPSTREAM, client_headers)
     if upstream_api_key:
-        headers["authorization"] = f"Bearer {upstream_api_key}"
+        dropped |= {b"authorization"}
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in client_headers if name not in dropped
+    ]
+    headers.append(("x-request-id", request_id))
+    headers.append(("accept-encoding", "identity"))
+    if upstream_api_key:
+        headers.append(("authorization", f"Bearer {upstream_api_key}"))
     return headers
 
 
-def response_headers_for_client(upstream_headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    pairs = list(upstream_headers)
-    dropped = _NOT_FORWARDED_DOWNSTREAM | _connection_tokens(pairs) | {"x-request-id"}
-    return [
-        (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in pairs
-        if name.lower() not in dropped
-    ]
+def response_headers_for_client(upstream_raw_headers: tuple[tuple[bytes, bytes], ...]) -> Headers:
+    """Upstream response headers, lower-cased as ASGI wants them, without hop-by-hop ones."""
+    headers = [(name.lower(), value) for name, value in upstream_raw_headers]
+    dropped = _dropped(_NOT_FORWARDED_DOWNSTREAM, headers)
+    return [(name, value) for name, value in headers if name not in dropped]
 
 
 def transport_error(exc: aiohttp.ClientError | TimeoutError, *, response_started: bool) -> GatewayError:
@@ -119,7 +121,7 @@ class UpstreamClient:
         return self._session
 
     async def send(
-        self, method: str, path: str, headers: dict[str, str], body: bytes | None
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None
     ) -> aiohttp.ClientResponse:
         """Send the request and return once the response headers are in; the caller releases it."""
         try:
@@ -139,7 +141,7 @@ class UpstreamClient:
         try:
             async with self.session.get(self.base_url + "/v1/models", timeout=self.probe_timeout) as resp:
                 ready, detail = resp.status < 500, f"upstream answered HTTP {resp.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             ready, detail = False, f"upstream unreachable: {type(exc).__name__}"
         self._ready = (now, ready, detail)
         return ready, detail

@@ -92,3 +92,18 @@ def test_keys_new_prints_a_config_entry_that_matches_the_key():
 
 def test_errors_markdown_command_prints_the_catalogue():
     assert run_cli("errors", "--markdown").stdout == render_markdown()
+
+
+def test_workers_get_the_resolved_settings(tmp_path: Path, start_gateway, upstream, client):
+    """With --workers, uvicorn imports gateway.asgi in each worker: file, env and command-line
+    values must all reach it."""
+    config = tmp_path / "wardgate.yaml"
+    config.write_text(f"api_keys:\n  - {{id: w, tenant: workers, sha256: {hashlib.sha256(b'wk').hexdigest()}}}\n")
+    gateway = start_gateway("--config", str(config), "--upstream", upstream.url, "--workers", "2",
+                            "--max-body-bytes", "300")
+    url = gateway.url + "/v1/chat/completions"
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post(url, json=body).status_code == 401
+    assert client.post(url, json=body, headers={"Authorization": "Bearer wk"}).status_code == 200
+    big = {"model": "echo", "messages": [{"role": "user", "content": "x" * 400}]}
+    assert client.post(url, json=big, headers={"Authorization": "Bearer wk"}).status_code == 413
