@@ -19,6 +19,7 @@ run: setup
 	$(VENV)/bin/wardgate serve
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 docs: setup
