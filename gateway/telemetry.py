@@ -22,6 +22,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+def _orjson_text(event: dict, **_: object) -> str:
+    return orjson.dumps(event, default=str).decode()
+
+
 def configure_logging(level: str) -> None:
     numeric_level = logging.getLevelName(level.upper())
     shared = [
@@ -46,7 +50,7 @@ def configure_logging(level: str) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(ensure_ascii=False),
+                structlog.processors.JSONRenderer(serializer=_orjson_text),
             ],
         )
     )

@@ -97,7 +97,7 @@ class FakeUpstream:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -140,6 +140,7 @@ class FakeUpstream:
         garbage        HTTP 200 with an HTML page
         garbage-stream a valid event, then an event whose data is not JSON
         cut-stream     two events, then the connection is dropped mid-stream
+        stall-stream   one event, then silence for 30 s
         error500       HTTP 500 with an error body
         bad-request    HTTP 400 with an OpenAI-style error body (to be passed through)
         """
@@ -154,11 +155,7 @@ class FakeUpstream:
         if model == "slow-stream":
             return await self._stream(request, model, delay=0.1, repeat=6)
         if model == "hang":
-            for _ in range(600):
-                if request.transport is None or request.transport.is_closing():
-                    self.observed.record("client_gone", model)
-                    break
-                await asyncio.sleep(0.05)
+            await self._idle_until_client_leaves(request, model, 30)
             return web.json_response(completion_body(model, "too late"))
         if model == "garbage":
             return web.Response(text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
@@ -175,6 +172,11 @@ class FakeUpstream:
             await asyncio.sleep(0.05)
             request.transport.close()
             return response
+        if model == "stall-stream":
+            response = await self._start_sse(request)
+            await response.write(chunk_event(model, {"role": "assistant", "content": "thinking"}))
+            await self._idle_until_client_leaves(request, model, 30)
+            return response
         if model == "error500":
             return web.json_response({"error": {"message": "model crashed"}}, status=500)
         if model == "bad-request":
@@ -183,6 +185,14 @@ class FakeUpstream:
                 status=400,
             )
         raise web.HTTPNotFound(text=f"fake upstream has no model {model!r}")
+
+    async def _idle_until_client_leaves(self, request: web.Request, model: str, seconds: float) -> None:
+        """Send nothing for `seconds`, noticing (and recording) a client that closes the connection."""
+        for _ in range(int(seconds / 0.05)):
+            if request.transport is None or request.transport.is_closing():
+                self.observed.record("client_gone", model)
+                return
+            await asyncio.sleep(0.05)
 
     @staticmethod
     async def _start_sse(request: web.Request) -> web.StreamResponse:

@@ -138,7 +138,9 @@ def _stream_events(client: httpx.Client, gateway, model: str) -> list[str]:
         return [line for line in response.iter_lines() if line]
 
 
-@pytest.mark.parametrize(("model", "code"), [("garbage-stream", "WG2005"), ("cut-stream", "WG2006")])
+@pytest.mark.parametrize(
+    ("model", "code"), [("garbage-stream", "WG2005"), ("cut-stream", "WG2006"), ("stall-stream", "WG2002")]
+)
 def test_broken_stream_ends_with_coded_error_event(client, gateway, model, code):
     events = _stream_events(client, gateway, model)
     assert events[-1] == "data: [DONE]"
