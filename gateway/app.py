@@ -13,10 +13,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import ApiKeyAuth
+from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.errors import INTERNAL_ERROR, METHOD_NOT_ALLOWED, NOT_FOUND, GatewayError, error_response
-from gateway.limits import ConcurrencyLimit
+from gateway.limits import AdmissionControl
 from gateway.routes import OpenAIProxy, Probes, build_routes
 from gateway.telemetry import Metrics, RequestTelemetry
 from gateway.upstream import UpstreamClient
@@ -54,19 +54,19 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await upstream.close()
 
-    routes = build_routes(OpenAIProxy(upstream, settings), Probes(upstream, metrics))
+    admission = AdmissionControl(
+        max_concurrency=settings.max_concurrency,
+        max_queue=settings.max_queue,
+        queue_timeout_s=settings.queue_timeout_s,
+        metrics=metrics,
+    )
+    routes = build_routes(
+        OpenAIProxy(upstream, settings), Probes(upstream, metrics), Authenticator(settings.api_keys), admission
+    )
     return Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestTelemetry, metrics=metrics, route_paths=frozenset(route.path for route in routes)),
-            Middleware(ApiKeyAuth, keys=settings.api_keys),
-            Middleware(
-                ConcurrencyLimit,
-                max_concurrency=settings.max_concurrency,
-                max_queue=settings.max_queue,
-                queue_timeout_s=settings.queue_timeout_s,
-                metrics=metrics,
-            ),
         ],
         exception_handlers={
             HTTPException: _on_http_exception,

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from gateway.config import ApiKey
-from gateway.errors import INVALID_API_KEY, MISSING_API_KEY, GatewayError, error_response
+from gateway.errors import INVALID_API_KEY, MISSING_API_KEY, GatewayError
 
 ANONYMOUS_TENANT = "default"
-_PROTECTED_PREFIX = "/v1/"
 
 
 def hash_key(key: str) -> str:
@@ -35,33 +34,27 @@ def _bearer_token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
-class ApiKeyAuth:
-    """ASGI middleware guarding the /v1/ routes. With no keys configured, every caller is the
-    anonymous `default` tenant and the Authorization header is left for the upstream."""
+class Authenticator:
+    """Checks the bearer key of a /v1/ request and records its tenant in the request state.
 
-    def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
-        self.app = app
+    With no keys configured, every caller is the anonymous `default` tenant and the Authorization
+    header is left for the upstream."""
+
+    def __init__(self, keys: list[ApiKey]) -> None:
         self.keys_by_hash = {key.sha256: key for key in keys}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        if not self.keys_by_hash or not scope["path"].startswith(_PROTECTED_PREFIX):
+    def authenticate(self, scope: Scope) -> None:
+        state = scope["state"]
+        if not self.keys_by_hash:
             state["tenant"] = ANONYMOUS_TENANT
-            await self.app(scope, receive, send)
             return
         token = _bearer_token(scope["headers"])
         if token is None:
-            await error_response(scope, GatewayError(MISSING_API_KEY))(scope, receive, send)
-            return
+            raise GatewayError(MISSING_API_KEY)
         key = self.keys_by_hash.get(hashlib.sha256(token).hexdigest())
         if key is None:
-            await error_response(scope, GatewayError(INVALID_API_KEY))(scope, receive, send)
-            return
+            raise GatewayError(INVALID_API_KEY)
         state["tenant"] = key.tenant
         state["key_id"] = key.id
         state["role"] = key.role
         scope["headers"] = [(name, value) for name, value in scope["headers"] if name != b"authorization"]
-        await self.app(scope, receive, send)

@@ -9,21 +9,15 @@ from __future__ import annotations
 import asyncio
 import math
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from gateway.errors import OVERLOADED, GatewayError, error_response
+from gateway.errors import OVERLOADED, GatewayError
 from gateway.telemetry import Metrics
 
-_LIMITED_PREFIX = "/v1/"
 
+class AdmissionControl:
+    """`await enter()` before handling a request (raises the coded 429), `leave()` once its response
+    has ended, streams included."""
 
-class ConcurrencyLimit:
-    """ASGI middleware. A slot is held until the response ends, streams included."""
-
-    def __init__(
-        self, app: ASGIApp, max_concurrency: int, max_queue: int, queue_timeout_s: float, metrics: Metrics
-    ) -> None:
-        self.app = app
+    def __init__(self, max_concurrency: int, max_queue: int, queue_timeout_s: float, metrics: Metrics) -> None:
         self.slots = asyncio.Semaphore(max_concurrency)
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
@@ -31,21 +25,15 @@ class ConcurrencyLimit:
         self.metrics = metrics
         self.retry_after = str(max(1, math.ceil(queue_timeout_s)))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(_LIMITED_PREFIX):
-            await self.app(scope, receive, send)
-            return
+    async def enter(self) -> None:
         if not await self._admit():
             self.metrics.rejected.inc()
-            error = GatewayError(OVERLOADED, headers={"Retry-After": self.retry_after})
-            await error_response(scope, error)(scope, receive, send)
-            return
+            raise GatewayError(OVERLOADED, headers={"Retry-After": self.retry_after})
         self.metrics.in_flight.inc()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.metrics.in_flight.dec()
-            self.slots.release()
+
+    def leave(self) -> None:
+        self.metrics.in_flight.dec()
+        self.slots.release()
 
     async def _admit(self) -> bool:
         if not self.slots.locked():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -12,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.errors import (
     BODY_TOO_LARGE,
@@ -20,6 +20,7 @@ from gateway.errors import (
     GatewayError,
     error_response,
 )
+from gateway.limits import AdmissionControl
 from gateway.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -43,16 +44,16 @@ CLIENT_CLOSED_REQUEST = 499
 DISCONNECT_WATCH_GRACE_S = 0.05
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The request body, refused as soon as it is known to exceed `limit` bytes: by its declared
     Content-Length before reading anything, or by counting while it streams in."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(limit)
     chunks = []
     received = 0
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] != "http.request":  # the client went away mid-upload
             raise ClientDisconnected
         chunk = message.get("body", b"")
@@ -68,25 +69,43 @@ def _too_large(limit: int) -> GatewayError:
     return GatewayError(BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
 
 
-class Endpoint:
-    """A route endpoint as a plain ASGI app around `handler(request) -> ASGI response`.
+class ProxyEndpoint:
+    """The ASGI endpoint of one /v1 route: authenticate, admit, validate, relay.
 
-    Starlette's function endpoints add an exception-handling layer and a send wrapper per request;
-    on the proxy's hot path that measurably cost throughput, and the errors these handlers raise
-    are all known here.
+    Authentication and admission live here rather than in middleware because they apply to exactly
+    these routes, and because every middleware layer is one more frame that each await of every
+    request passes through: on the proxy's hot path that measurably cost throughput.
     """
 
-    def __init__(self, handler: Callable[[Request], Awaitable[ASGIApp]]) -> None:
-        self.handler = handler
+    def __init__(
+        self,
+        proxy: OpenAIProxy,
+        request_model: type[RequestModel] | None,
+        authenticator: Authenticator,
+        admission: AdmissionControl,
+    ) -> None:
+        self.proxy = proxy
+        self.request_model = request_model
+        self.authenticator = authenticator
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            response = await self.handler(Request(scope, receive))
+            self.authenticator.authenticate(scope)
+            await self.admission.enter()
         except GatewayError as error:
-            response = error_response(scope, error)
-        except ClientDisconnected:
-            response = Response(status_code=CLIENT_CLOSED_REQUEST)
-        await response(scope, receive, send)
+            await error_response(scope, error)(scope, receive, send)
+            return
+        try:
+            try:
+                response = await self.proxy.relay(scope, receive, self.request_model)
+            except GatewayError as error:
+                response = error_response(scope, error)
+            except ClientDisconnected:
+                response = Response(status_code=CLIENT_CLOSED_REQUEST)
+            await response(scope, receive, send)
+        finally:
+            self.admission.leave()
 
 
 class OpenAIProxy:
@@ -98,32 +117,21 @@ class OpenAIProxy:
         self.max_upstream_body_bytes = settings.max_upstream_body_bytes
         self.upstream_api_key = settings.upstream_api_key
 
-    async def chat_completions(self, request: Request) -> ASGIApp:
-        return await self._validated_forward(request, ChatCompletionRequest)
-
-    async def completions(self, request: Request) -> ASGIApp:
-        return await self._validated_forward(request, CompletionRequest)
-
-    async def embeddings(self, request: Request) -> ASGIApp:
-        return await self._validated_forward(request, EmbeddingRequest)
-
-    async def models(self, request: Request) -> ASGIApp:
-        return await self._forward(request, None, stream=False)
-
-    async def _validated_forward(self, request: Request, model: type[RequestModel]) -> ASGIApp:
-        body = await read_body(request, self.max_body_bytes)
-        parsed = parse_request(model, body)
+    async def relay(self, scope: Scope, receive: Receive, request_model: type[RequestModel] | None) -> ASGIApp:
+        """Check the request (when `request_model` is given), forward it, and return the response
+        to send: the upstream's, relayed, or a coded error."""
+        body = None
+        stream = False
+        if request_model is not None:
+            body = await read_body(scope, receive, self.max_body_bytes)
+            stream = getattr(parse_request(request_model, body), "stream", False)
         # The original bytes go upstream, not a re-serialisation: the model server sees exactly
         # what the client sent.
-        return await self._forward(request, body, stream=getattr(parsed, "stream", False))
-
-    async def _forward(self, request: Request, body: bytes | None, *, stream: bool) -> ASGIApp:
-        scope = request.scope
         state = scope["state"]
         headers = request_headers_for_upstream(scope["headers"], state["request_id"], self.upstream_api_key)
         path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         started = time.perf_counter()
-        async with CancelOnDisconnect(scope, request.receive, grace_s=DISCONNECT_WATCH_GRACE_S):
+        async with CancelOnDisconnect(scope, receive, grace_s=DISCONNECT_WATCH_GRACE_S):
             upstream = await self.upstream.send(scope["method"], path, headers, body)
             state["upstream_s"] = time.perf_counter() - started
             client_headers = response_headers_for_client(upstream.raw_headers)
@@ -187,12 +195,18 @@ class Probes:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-def build_routes(proxy: OpenAIProxy, probes: Probes) -> list[Route]:
+def build_routes(
+    proxy: OpenAIProxy, probes: Probes, authenticator: Authenticator, admission: AdmissionControl
+) -> list[Route]:
+    def endpoint(request_model: type[RequestModel] | None) -> ProxyEndpoint:
+        return ProxyEndpoint(proxy, request_model, authenticator, admission)
+
     return [
-        Route("/v1/chat/completions", Endpoint(proxy.chat_completions), methods=["POST"]),
-        Route("/v1/completions", Endpoint(proxy.completions), methods=["POST"]),
-        Route("/v1/embeddings", Endpoint(proxy.embeddings), methods=["POST"]),
-        Route("/v1/models", Endpoint(proxy.models), methods=["GET"]),
+        Route("/v1/chat/completions", endpoint(ChatCompletionRequest), methods=["POST"]),
+        Route("/v1/completions", endpoint(CompletionRequest), methods=["POST"]),
+        Route("/v1/embeddings", endpoint(EmbeddingRequest), methods=["POST"]),
+        Route("/v1/models", endpoint(None), methods=["GET"]),
+        # Probes and metrics are for the orchestrator: never behind a key, never queued.
         Route("/healthz", probes.healthz, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/metrics", probes.metrics_text, methods=["GET"]),
