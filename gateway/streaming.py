@@ -74,7 +74,7 @@ class CancelOnDisconnect:
 
 
 def event_problem(event: bytes) -> str | None:
-    """What is wrong with one SSE event (without its terminator) for an OpenAI stream, or None."""
+    """What is wrong with one SSE event (its terminator may be included) for an OpenAI stream, or None."""
     data_lines = []
     for line in event.splitlines():
         if not line or line.startswith(b":"):
