@@ -20,7 +20,10 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               envvar="WARDGATE_CONFIG", help="YAML config file (env WARDGATE_CONFIG).")
-@click.option("--upstream", help="Base URL of the OpenAI-compatible model server, without /v1.")
+@click.option("--upstream", help="Base URL of the OpenAI-compatible model server, without /v1 "
+              "(default: start the bundled model server).")
+@click.option("--model", "bundled_model_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Model directory for the bundled model server (default: the demo model).")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 8080).")
 @click.option("--workers", type=int, help="Worker processes (default 1).")
@@ -34,12 +37,32 @@ def main() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_file: Path | None, **options: object) -> None:
     """Run the gateway. Every option can also come from the config file or WARDGATE_<OPTION>."""
-    import uvicorn  # imported here so that the other commands start fast
-
-    from gateway.telemetry import configure_logging
+    from gateway.telemetry import configure_logging  # imported here so that the other commands start fast
 
     settings = _settings_or_exit(config_file, options)
     configure_logging(settings.log_level)
+    bundled = None
+    if settings.upstream is None:
+        from gateway.bundled_model import BundledModelError, start_bundled_model_server
+
+        try:
+            bundled, upstream = start_bundled_model_server(settings.bundled_model_dir, settings.bundled_quantize)
+        except BundledModelError as exc:
+            click.echo(f"wardgate: {exc}", err=True)
+            sys.exit(1)
+        settings = settings.model_copy(update={"upstream": upstream})
+    try:
+        _run_gateway(settings)
+    finally:
+        if bundled is not None:
+            from gateway.bundled_model import stop
+
+            stop(bundled)
+
+
+def _run_gateway(settings: Settings) -> None:
+    import uvicorn
+
     if settings.workers > 1:
         # Worker processes import gateway.asgi, which reads the environment layer: hand them the
         # fully resolved settings there so that file, env and command line agree in every worker.
@@ -70,6 +93,56 @@ def _settings_or_exit(config_file: Path | None, options: dict[str, object]) -> S
     except ConfigError as exc:
         click.echo(f"wardgate: {exc}", err=True)
         sys.exit(2)
+
+
+@main.group("model-server", invoke_without_command=True)
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path),
+              envvar="WARDGATE_MODEL_DIR", help="Local Hugging Face causal-LM directory.")
+@click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long a request waits for others to share its batch.")
+@click.option("--max-queue", type=click.IntRange(1), default=256, show_default=True,
+              help="Requests allowed to wait; beyond: 429 WG6001.")
+@click.option("--max-batch-tokens", type=click.IntRange(1), default=65536, show_default=True,
+              help="Prompt + max_tokens summed over a batch (the KV-cache budget).")
+@click.option("--admin-token", envvar="WARDGATE_MODEL_SERVER_ADMIN_TOKEN",
+              help="Bearer token for POST /admin/model (env WARDGATE_MODEL_SERVER_ADMIN_TOKEN).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.pass_context
+def model_server(ctx: click.Context, model_dir: Path | None, log_level: str, host: str, port: int,
+                 **options: object) -> None:
+    """Run the bundled OpenAI-compatible model server (or a subcommand)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model_dir is None:
+        raise click.UsageError("--model DIR is required (or create one: wardgate model-server init-demo DIR)")
+    import uvicorn
+
+    from gateway.model_server.app import ModelServerSettings, create_model_server_app
+    from gateway.telemetry import configure_logging
+
+    configure_logging(log_level)
+    app = create_model_server_app(ModelServerSettings(model_dir=model_dir, **options))
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
+                access_log=False, server_header=False, lifespan="on")
+
+
+@model_server.command("init-demo")
+@click.argument("directory", type=click.Path(path_type=Path))
+def init_demo_cmd(directory: Path) -> None:
+    """Write a small demo model (Llama architecture, RANDOM weights, local tokenizer) into DIRECTORY."""
+    from gateway.model_server.demo import DemoDirectoryError, init_demo
+
+    try:
+        init_demo(directory)
+    except DemoDirectoryError as exc:
+        click.echo(f"wardgate: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"demo model written to {directory} (random weights: it produces gibberish)")
 
 
 @main.group()

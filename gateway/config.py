@@ -15,8 +15,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_UPSTREAM = "http://127.0.0.1:8000"
-
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -49,7 +47,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
-    upstream: str = Field(DEFAULT_UPSTREAM, description="Base URL of the OpenAI-compatible model server")
+    upstream: str | None = Field(
+        None, description="Base URL of the OpenAI-compatible model server; none: start the bundled one"
+    )
+    bundled_model_dir: Path | None = Field(None, description="Model for the bundled server; none: the demo model")
+    bundled_quantize: Literal["int8", "none"] = "int8"
     upstream_api_key: str | None = Field(None, description="Bearer key the gateway sends upstream")
 
     max_body_bytes: int = Field(1024 * 1024, ge=1)
@@ -68,7 +70,9 @@ class Settings(BaseSettings):
 
     @field_validator("upstream")
     @classmethod
-    def _is_http_base_url(cls, value: str) -> str:
+    def _is_http_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000")
         # Routes are forwarded with their /v1 prefix, so a base URL that already ends in /v1 would

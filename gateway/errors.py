@@ -5,7 +5,7 @@ code, an HTTP status, an OpenAI-style error body, and a documented cause and fix
 generated from this catalogue (`wardgate errors --markdown`) and a test keeps the two identical.
 
 Code ranges: WG1xxx policy decisions, WG2xxx upstream failures, WG3xxx authentication,
-WG4xxx bad requests, WG5xxx capacity, WG9xxx internal faults.
+WG4xxx bad requests, WG5xxx capacity, WG6xxx the bundled model server, WG9xxx internal faults.
 """
 
 from __future__ import annotations
@@ -101,6 +101,14 @@ INVALID_API_KEY = _register(ErrorKind(
     "Check the key; operators add keys with `wardgate keys hash` and the `api_keys` setting.",
 ))
 
+ADMIN_UNAUTHORIZED = _register(ErrorKind(
+    "WG3003", "admin_unauthorized", 401, "authentication_error",
+    "This admin endpoint needs the admin token: send `Authorization: Bearer <token>`.",
+    "An admin endpoint (such as the model server's `POST /admin/model`) was called without the "
+    "configured admin token, or with a wrong one.",
+    "Send the admin token configured with `--admin-token` / `WARDGATE_MODEL_SERVER_ADMIN_TOKEN`.",
+))
+
 INVALID_JSON = _register(ErrorKind(
     "WG4001", "invalid_json", 400, "invalid_request_error",
     "The request body is not valid JSON.",
@@ -148,6 +156,34 @@ OVERLOADED = _register(ErrorKind(
     "replicas.",
 ))
 
+MODEL_OVERLOADED = _register(ErrorKind(
+    "WG6001", "model_overloaded", 429, "rate_limit_error",
+    "The model server's queue is full; retry after the time in the Retry-After header.",
+    "The bundled model server refuses work rather than run out of memory: its request queue "
+    "(`--max-queue`) or the token budget of queued requests is full.",
+    "Retry with backoff; operators can raise `--max-queue` / `--max-batch-tokens` if memory allows, or "
+    "add replicas.",
+))
+PROMPT_TOO_LONG = _register(ErrorKind(
+    "WG6002", "prompt_too_long", 400, "invalid_request_error",
+    "The prompt and max_tokens do not fit in the model's context.",
+    "Prompt tokens plus `max_tokens` exceed the model's maximum context (`max_position_embeddings`).",
+    "Shorten the prompt or lower `max_tokens`.",
+))
+MODEL_SWAP_FAILED = _register(ErrorKind(
+    "WG6003", "model_swap_failed", 422, "invalid_request_error",
+    "The new model could not be loaded; the previous model keeps serving.",
+    "A hot swap (`POST /admin/model` or SIGHUP) named a directory that is not a loadable Hugging Face "
+    "causal LM, or the loaded model failed its smoke-test generation.",
+    "Fix the directory named in the message and swap again; nothing changed for clients meanwhile.",
+))
+GENERATION_FAILED = _register(ErrorKind(
+    "WG6004", "generation_failed", 500, "server_error",
+    "The model failed while generating.",
+    "The forward pass raised (for example out of memory on the device); the model server logs the "
+    "traceback and keeps serving other requests.",
+    "Retry; if it persists, look at the model server's log for the traceback.",
+))
 INTERNAL_ERROR = _register(ErrorKind(
     "WG9001", "internal_error", 500, "server_error",
     "The gateway failed unexpectedly; the failure is logged under this request id.",

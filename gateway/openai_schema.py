@@ -7,6 +7,7 @@ Strict mode: `"stream": "yes"` is a client bug to report, not a value to coerce.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -50,9 +51,9 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str] | list[int] | list[list[int]]
 
 
-_ADAPTERS = {
-    model: TypeAdapter(model) for model in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
-}
+@functools.cache
+def _adapter(model: type[BaseModel]) -> TypeAdapter:
+    return TypeAdapter(model)
 
 
 def parse_request(model: type[RequestModel], body: bytes) -> RequestModel:
@@ -64,7 +65,7 @@ def parse_request(model: type[RequestModel], body: bytes) -> RequestModel:
             INVALID_UTF8, f"The request body is not valid UTF-8 (byte offset {exc.start})."
         ) from None
     try:
-        return _ADAPTERS[model].validate_json(body)
+        return _adapter(model).validate_json(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         if first["type"] == "json_invalid":

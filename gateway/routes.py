@@ -14,7 +14,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.errors import (
-    BODY_TOO_LARGE,
     UPSTREAM_BAD_RESPONSE,
     UPSTREAM_SERVER_ERROR,
     GatewayError,
@@ -28,6 +27,7 @@ from gateway.openai_schema import (
     RequestModel,
     parse_request,
 )
+from gateway.request_body import read_body
 from gateway.streaming import CancelOnDisconnect, ClientDisconnected, RawResponse, SSERelayResponse
 from gateway.telemetry import Metrics
 from gateway.upstream import (
@@ -42,31 +42,6 @@ CLIENT_CLOSED_REQUEST = 499
 
 # Watch for a vanished client only once an upstream answer takes longer than this (see CancelOnDisconnect).
 DISCONNECT_WATCH_GRACE_S = 0.05
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed `limit` bytes: by its declared
-    Content-Length before reading anything, or by counting while it streams in."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise _too_large(limit)
-    chunks = []
-    received = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # the client went away mid-upload
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        received += len(chunk)
-        if received > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
 
 
 class ProxyEndpoint:

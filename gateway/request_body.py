@@ -1,0 +1,33 @@
+"""Reading a request body with a size cap enforced while it arrives."""
+
+from __future__ import annotations
+
+from starlette.types import Receive, Scope
+
+from gateway.errors import BODY_TOO_LARGE, GatewayError
+from gateway.streaming import ClientDisconnected
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed `limit` bytes: by its declared
+    Content-Length before reading anything, or by counting while it streams in."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(limit)
+    chunks = []
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away mid-upload
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
