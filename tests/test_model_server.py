@@ -161,10 +161,12 @@ def test_concurrent_requests_share_forward_passes(model_server):
         responses = list(pool.map(lambda i: chat(model_server, max_tokens=8, seed=i), range(16)))
     assert [response.status_code for response in responses] == [200] * 16
     passes = model_server.metric("wardgate_model_forward_passes_total") - passes_before
-    batches = model_server.metric("wardgate_model_batch_size_count") - batches_before
-    sequences = model_server.metric("wardgate_model_batch_size_sum") - sequences_before
-    assert sequences == 16
-    assert sequences / batches > 1, "requests were not batched"
+    # The histogram observes every forward pass with its number of sequences.
+    observed_passes = model_server.metric("wardgate_model_batch_size_count") - batches_before
+    rows = model_server.metric("wardgate_model_batch_size_sum") - sequences_before
+    assert observed_passes == passes
+    assert rows == 16 * 8, "each of the 16 sequences takes part in one pass per token"
+    assert rows / passes > 1, "requests were not batched"
     assert passes < 16 * 8, "16 requests of 8 tokens each took as many forward passes as run one by one"
 
 
@@ -256,3 +258,45 @@ def test_gateway_without_upstream_serves_the_bundled_model(start_gateway, demo_d
     assert response.status_code == 200
     assert response.json()["model"] == demo_dir.name
     assert httpx.get(gateway.url + "/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "joiner_prompt", ["Hi", "请用 Python 实现快速排序。Explain how a reverse proxy forwards requests."]
+)
+def test_a_sequence_joining_a_running_batch_generates_what_it_would_alone(demo_dir, joiner_prompt):
+    """Continuous batching merges KV caches of different lengths (left padding, masked): the
+    joiner's greedy text and the running sequence's must not change. Both a joiner shorter and one
+    longer than the running history are covered."""
+    import asyncio
+
+    from gateway.model_server.engine import GenerationEngine, SamplingParams
+
+    loaded = load_model(demo_dir, "none", "cpu")
+    greedy = SamplingParams(max_tokens=24, temperature=0)
+    runner_ids = loaded.tokenizer("The quick brown fox")["input_ids"]
+    joiner_ids = loaded.tokenizer(joiner_prompt)["input_ids"]
+
+    async def scenario() -> tuple[str, str, str, str, int]:
+        engine = GenerationEngine(loaded, max_wait_s=0)
+        engine.start()
+        runner_alone = (await engine.generate(runner_ids, greedy))[0]
+        joiner_alone = (await engine.generate(joiner_ids, greedy))[0]
+        runner = engine.submit(runner_ids, greedy)
+        while len(runner.generated) < 6:
+            await asyncio.sleep(0.001)
+        passes_before = engine.stats.forward_passes
+        joiner = engine.submit(joiner_ids, greedy)
+        runner_text, joiner_text = await asyncio.gather(
+            _text_of(engine, runner), _text_of(engine, joiner)
+        )
+        shared = engine.stats.forward_passes - passes_before
+        await engine.close()
+        return runner_alone, joiner_alone, runner_text, joiner_text, shared
+
+    async def _text_of(engine, sequence) -> str:
+        return "".join([delta.text async for delta in engine.stream(sequence)])
+
+    runner_alone, joiner_alone, runner_text, joiner_text, passes = asyncio.run(scenario())
+    assert runner_text == runner_alone
+    assert joiner_text == joiner_alone
+    assert passes < 24 + 18, "the joiner did not share the runner's decode steps"

@@ -122,7 +122,7 @@ class ModelMetrics:
         self.queue_depth = Gauge("wardgate_model_queue_depth", "Requests waiting for a batch.", registry=registry)
         self.in_flight = Gauge("wardgate_model_requests_in_flight", "Requests queued or generating.", registry=registry)
         self.batch_size = Histogram(
-            "wardgate_model_batch_size", "Sequences per batch (per forward pass of that batch).",
+            "wardgate_model_batch_size", "Sequences in each forward pass (prefill or decode step).",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry,
         )
         self.forward_passes = Counter("wardgate_model_forward_passes_total", "Forward passes run.", registry=registry)

@@ -1,10 +1,12 @@
 """Batched generation: concurrent requests share forward passes.
 
-Requests that arrive within `max_wait_s` of each other (up to `max_batch_size`) form one batch: the
-prompts are prefilled together (left-padded) and every decode step is one forward pass for the
-whole batch, until the last sequence in it finishes. Requests arriving meanwhile queue for the next
-batch (request-level batching; merging new sequences into a running batch's KV cache is the next
-step). The model runs in one worker thread; the event loop only schedules and streams.
+Continuous batching: every decode step is one forward pass for all running sequences. Requests
+that arrive while a batch runs are prefilled together at the next step and merged into it (their
+KV cache is left-padded or the batch's is, and the padding is masked out); finished sequences leave
+at once. Up to `max_batch_size` sequences and `max_batch_tokens` (prompt + max_tokens) run at a
+time; the rest wait in a bounded queue. An idle engine waits `max_wait_s` for concurrent arrivals
+before its first prefill. The model runs in a worker thread, one step per hop; the event loop only
+schedules and streams.
 
 Text is detokenised incrementally: a delta is released only when it cannot be the start of a stop
 sequence and does not end inside a multi-byte character.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 import structlog
 import torch
+from transformers import DynamicCache
 
 from gateway.model_server.loading import LoadedModel
 
@@ -78,6 +81,70 @@ class Sequence:
 
 
 @dataclass
+class RunningBatch:
+    """Sequences decoding together: their shared KV cache, attention mask (left-padded), the position
+    of each row's last token, and the token each row feeds next."""
+
+    sequences: list[Sequence]
+    cache: DynamicCache
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    next_tokens: list[int]
+
+    @property
+    def size(self) -> int:
+        return len(self.sequences)
+
+    def merged_with(self, other: RunningBatch) -> RunningBatch:
+        """One batch of both: the shorter history is left-padded (and masked out) to the longer one."""
+        width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
+        self._left_pad(width)
+        other._left_pad(width)
+        for layer, other_layer in zip(self.cache.layers, other.cache.layers, strict=True):
+            layer.keys = torch.cat([layer.keys, other_layer.keys])
+            layer.values = torch.cat([layer.values, other_layer.values])
+        return RunningBatch(
+            [*self.sequences, *other.sequences],
+            self.cache,
+            torch.cat([self.attention_mask, other.attention_mask]),
+            torch.cat([self.positions, other.positions]),
+            [*self.next_tokens, *other.next_tokens],
+        )
+
+    def _left_pad(self, width: int) -> None:
+        missing = width - self.attention_mask.shape[1]
+        if missing == 0:
+            return
+        for layer in self.cache.layers:
+            layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, missing, 0))
+            layer.values = torch.nn.functional.pad(layer.values, (0, 0, missing, 0))
+        self.attention_mask = torch.nn.functional.pad(self.attention_mask, (missing, 0))
+
+    def selected(self, rows: list[int]) -> RunningBatch:
+        index = torch.tensor(rows, device=self.attention_mask.device)
+        self.cache.batch_select_indices(index)
+        return RunningBatch(
+            [self.sequences[row] for row in rows],
+            self.cache,
+            self.attention_mask[index],
+            self.positions[index],
+            [self.next_tokens[row] for row in rows],
+        )
+
+    def trimmed(self) -> RunningBatch:
+        """Drop history columns that no remaining row attends to (the padding of departed rows)."""
+        attended = self.attention_mask.any(dim=0).nonzero()
+        first = int(attended[0]) if len(attended) else 0
+        if first == 0:
+            return self
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[:, :, first:, :]
+            layer.values = layer.values[:, :, first:, :]
+        self.attention_mask = self.attention_mask[:, first:]
+        return self
+
+
+@dataclass
 class EngineStats:
     forward_passes: int = 0
     batches: int = 0
@@ -112,6 +179,7 @@ class GenerationEngine:
         self._wakeup = asyncio.Event()
         self._scheduler: asyncio.Task | None = None
         self._in_flight = 0
+        self._finished_since_last_step = 0
         self._model_lock = threading.Lock()
 
     # -- asyncio side --------------------------------------------------------------------------
@@ -175,82 +243,116 @@ class GenerationEngine:
         return "".join(parts), finish_reason, len(sequence.generated)
 
     async def _schedule(self) -> None:
+        running: RunningBatch | None = None
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if not self._pending:
-                continue
-            # Give concurrent requests a moment to join the batch.
-            if len(self._pending) < self.max_batch_size:
-                await asyncio.sleep(self.max_wait_s)
-            batch = self._take_batch()
-            if self._pending:
-                self._wakeup.set()
+            if running is None:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                if not self._pending:
+                    continue
+                # An idle engine gives concurrent requests a moment to arrive together.
+                if len(self._pending) < self.max_batch_size:
+                    await asyncio.sleep(self.max_wait_s)
+            admitted = self._take(running)
             try:
-                await asyncio.to_thread(self._run_batch, batch)
+                running = await asyncio.to_thread(self._step, running, admitted)
             except Exception:  # a model failure must end these requests, not hang them or the engine
-                log.exception("generation failed", model=self.loaded.name, batch_size=len(batch))
-                for sequence in batch:
+                failed = [*(running.sequences if running else ()), *admitted]
+                log.exception("generation failed", model=self.loaded.name, batch_size=len(failed))
+                for sequence in failed:
                     if sequence.finish_reason is None:
                         sequence.finish_reason = "error"
                         sequence.push(Delta("", "error"))
-            finally:
-                self._in_flight -= len(batch)
+                        self._finished_since_last_step += 1
+                running = None
+            self._in_flight -= self._finished_since_last_step
+            self._finished_since_last_step = 0
 
-    def _take_batch(self) -> list[Sequence]:
-        batch, tokens = [], 0
-        while self._pending and len(batch) < self.max_batch_size:
+    def _take(self, running: RunningBatch | None) -> list[Sequence]:
+        """Pending sequences that fit into the running batch now (size and token budget)."""
+        size = running.size if running else 0
+        tokens = sum(sequence.budget for sequence in running.sequences) if running else 0
+        admitted: list[Sequence] = []
+        while self._pending and size + len(admitted) < self.max_batch_size:
             candidate = self._pending[0]
-            if batch and tokens + candidate.budget > self.max_batch_tokens:
+            if size + len(admitted) and tokens + candidate.budget > self.max_batch_tokens:
                 break
-            batch.append(self._pending.pop(0))
+            admitted.append(self._pending.pop(0))
             tokens += candidate.budget
-        return batch
+        return admitted
 
     # -- model thread --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _run_batch(self, batch: list[Sequence]) -> None:
+    def _step(self, running: RunningBatch | None, admitted: list[Sequence]) -> RunningBatch | None:
+        """Prefill `admitted` and merge it into `running`, then one decode step for every sequence;
+        returns what is still generating (None when nothing is)."""
         with self._model_lock:
-            self.stats.batches += 1
-            self.on_batch(len(batch))
-            device = self.loaded.device
-            width = max(len(sequence.prompt_ids) for sequence in batch)
-            pad = self.tokenizer.pad_token_id
-            # Left padding: every row's next token is in the last column.
-            input_ids = torch.tensor(
-                [[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in batch], device=device
-            )
-            attention_mask = torch.tensor(
-                [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in batch], device=device
-            )
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            past = None
-            steps = max(sequence.params.max_tokens for sequence in batch)
-            for _ in range(steps):
-                output = self.model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    past_key_values=past,
-                    use_cache=True,
-                )
-                self.stats.forward_passes += 1
-                past = output.past_key_values
-                next_ids = self._sample(output.logits[:, -1, :].float(), batch)
-                generated_before = self.stats.generated_tokens
-                # Every sequence must see its token: a list, not a short-circuiting generator.
-                finished = [self._advance(sequence, token) for sequence, token in zip(batch, next_ids, strict=True)]
-                self.on_forward(self.stats.generated_tokens - generated_before)
-                if all(finished):
-                    return
-                input_ids = torch.tensor([[token] for token in next_ids], device=device)
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(batch), 1))], dim=1)
-                position_ids = position_ids[:, -1:] + 1
+            if admitted:
+                joined = self._without_finished(self._prefill(admitted))
+                if joined is not None:
+                    running = joined if running is None else running.merged_with(joined)
+            if running is not None:
+                running = self._without_finished(self._decode(running))
+            return running
 
-    def _sample(self, logits: torch.Tensor, batch: list[Sequence]) -> list[int]:
+    def _forward(self, batch_size: int, **inputs: object) -> object:
+        output = self.model(**inputs, use_cache=True)
+        self.stats.forward_passes += 1
+        self.on_batch(batch_size)
+        return output
+
+    def _prefill(self, sequences: list[Sequence]) -> RunningBatch:
+        device = self.loaded.device
+        width = max(len(sequence.prompt_ids) for sequence in sequences)
+        pad = self.tokenizer.pad_token_id
+        # Left padding: every row's next token is in the last column.
+        input_ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in sequences], device=device)
+        attention_mask = torch.tensor(
+            [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in sequences], device=device
+        )
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        output = self._forward(len(sequences), input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=positions)
+        batch = RunningBatch(sequences, output.past_key_values, attention_mask, positions[:, -1:], [])
+        batch.next_tokens = self._advance_all(batch, output.logits[:, -1, :])
+        return batch
+
+    def _decode(self, batch: RunningBatch) -> RunningBatch:
+        batch.attention_mask = torch.cat([batch.attention_mask, batch.attention_mask.new_ones((batch.size, 1))], dim=1)
+        batch.positions = batch.positions + 1
+        output = self._forward(
+            batch.size,
+            input_ids=torch.tensor([[token] for token in batch.next_tokens], device=self.loaded.device),
+            attention_mask=batch.attention_mask,
+            position_ids=batch.positions,
+            past_key_values=batch.cache,
+        )
+        batch.cache = output.past_key_values
+        batch.next_tokens = self._advance_all(batch, output.logits[:, -1, :])
+        return batch
+
+    def _advance_all(self, batch: RunningBatch, logits: torch.Tensor) -> list[int]:
+        tokens = self._sample(logits.float(), batch.sequences)
+        generated_before = self.stats.generated_tokens
+        for sequence, token in zip(batch.sequences, tokens, strict=True):
+            if self._advance(sequence, token):
+                self._finished_since_last_step += 1
+        self.on_forward(self.stats.generated_tokens - generated_before)
+        return tokens
+
+    @staticmethod
+    def _without_finished(batch: RunningBatch) -> RunningBatch | None:
+        keep = [index for index, sequence in enumerate(batch.sequences) if sequence.finish_reason is None]
+        if not keep:
+            return None
+        if len(keep) < batch.size:
+            batch = batch.selected(keep)
+        return batch.trimmed()
+
+    def _sample(self, logits: torch.Tensor, sequences: list[Sequence]) -> list[int]:
         tokens = logits.argmax(dim=-1).tolist()
-        for row, sequence in enumerate(batch):
+        for row, sequence in enumerate(sequences):
             params = sequence.params
             if params.temperature <= 0 or sequence.finish_reason is not None:
                 continue
@@ -265,8 +367,6 @@ class GenerationEngine:
 
     def _advance(self, sequence: Sequence, token: int) -> bool:
         """Record one token for `sequence`; push what can be released. True once it is finished."""
-        if sequence.finish_reason is not None:
-            return True
         if sequence.cancelled:
             sequence.finish_reason = "cancelled"
             return True
