@@ -94,6 +94,14 @@ def gateway(start_gateway, upstream: FakeUpstream) -> GatewayProcess:
     return start_gateway("--upstream", upstream.url, "--read-timeout", "1")
 
 
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model (random weights), built once per test session."""
+    from gateway.model_server.demo import init_demo
+
+    return init_demo(tmp_path_factory.mktemp("models") / "demo")
+
+
 @pytest.fixture()
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=10) as http:

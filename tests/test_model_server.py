@@ -15,7 +15,6 @@ import httpx
 import pytest
 import torch
 
-from gateway.model_server.demo import init_demo
 from gateway.model_server.loading import load_model
 from tests.conftest import WARDGATE, free_port
 from tests.test_errors import assert_coded_error
@@ -52,11 +51,6 @@ class ModelServerProcess:
         self.process.terminate()
         self.process.wait(15)
         self._log.close()
-
-
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_demo(tmp_path_factory.mktemp("models") / "demo")
 
 
 @pytest.fixture(scope="session")
