@@ -2,12 +2,15 @@
 
 `wardgate serve` with no `--upstream` runs `wardgate model-server` on `bundled_model_dir` (by default
 the demo model, created on first use under the cache directory) on a free loopback port, waits until
-it is ready, and stops it when the gateway stops.
+it is ready, and stops it when the gateway stops (Linux: also when the gateway is killed).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 READY_TIMEOUT_S = 120.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class BundledModelError(Exception):
@@ -36,6 +40,13 @@ def ensure_demo_model(directory: Path) -> Path:
     return directory
 
 
+def _terminate_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends it SIGTERM when the gateway dies, however it
+    dies. uvicorn ends a SIGTERM'd server by re-raising the signal, so no `finally` of ours would run."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,6 +61,7 @@ def start_bundled_model_server(model_dir: Path | None, quantize: str) -> tuple[s
         [sys.executable, "-m", "gateway", "model-server", "--model", str(directory), "--quantize", quantize,
          "--port", str(port)],
         stdin=subprocess.DEVNULL,
+        preexec_fn=_terminate_with_parent,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S

@@ -56,13 +56,15 @@ class GatewayProcess:
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-            self._log.close()
+        """Idempotent: a test may stop its gateway early, the fixture stops it again."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            finally:
+                if self.process.poll() is None:
+                    self.process.kill()
+        self._log.close()
 
 
 @pytest.fixture(scope="session")

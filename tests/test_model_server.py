@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -246,12 +247,32 @@ def test_init_demo_refuses_a_non_empty_directory(tmp_path):
     assert "not an empty directory" in result.stderr
 
 
-def test_gateway_without_upstream_serves_the_bundled_model(start_gateway, demo_dir):
-    gateway = start_gateway("--model", str(demo_dir))
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return pids
+
+
+def test_gateway_without_upstream_serves_the_bundled_model(start_gateway, demo_dir, tmp_path):
+    model_dir = tmp_path / "bundled-demo"
+    shutil.copytree(demo_dir, model_dir)
+    gateway = start_gateway("--model", str(model_dir))
     response = httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=60)
     assert response.status_code == 200
-    assert response.json()["model"] == demo_dir.name
+    assert response.json()["model"] == model_dir.name
     assert httpx.get(gateway.url + "/readyz").status_code == 200
+    children = set(_processes_mentioning(str(model_dir))) - {gateway.process.pid}
+    assert len(children) == 1
+    gateway.stop()
+    deadline = time.monotonic() + 15
+    while children & set(_processes_mentioning(str(model_dir))):
+        assert time.monotonic() < deadline, "the bundled model server outlived the gateway"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(
