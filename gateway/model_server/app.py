@@ -28,6 +28,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from transformers import PreTrainedTokenizerBase
 
 from gateway.errors import (
     ADMIN_UNAUTHORIZED,
@@ -42,7 +43,7 @@ from gateway.errors import (
     GatewayError,
     error_response,
 )
-from gateway.model_server.engine import EngineOverloaded, GenerationEngine, PromptTooLong, SamplingParams
+from gateway.model_server.engine import EngineOverloaded, GenerationEngine, PromptTooLong, SamplingParams, Sequence
 from gateway.model_server.loading import DeviceChoice, LoadedModel, ModelLoadError, Quantize, load_model
 from gateway.openai_schema import ChatMessage, RequestModel, parse_request
 from gateway.request_body import read_body
@@ -213,7 +214,7 @@ class ModelServer:
             await self.engine.close()
 
 
-def _chat_prompt_ids(tokenizer, messages: list[ChatMessage]) -> list[int]:  # noqa: ANN001
+def _chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[ChatMessage]) -> list[int]:
     turns = [{"role": message.role, "content": _message_text(message)} for message in messages]
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
@@ -246,7 +247,7 @@ class Routes:
     async def _parse(self, request: Request, model: type[RequestModel]) -> RequestModel:
         return parse_request(model, await read_body(request.scope, request.receive, MAX_BODY_BYTES))
 
-    def _submit(self, engine: GenerationEngine, prompt_ids: list[int], params: SamplingParams):  # noqa: ANN202
+    def _submit(self, engine: GenerationEngine, prompt_ids: list[int], params: SamplingParams) -> Sequence:
         try:
             return engine.submit(prompt_ids, params)
         except EngineOverloaded as exc:
@@ -293,7 +294,7 @@ class Routes:
             completion_id = _completion_id("chatcmpl" if chat else "cmpl")
             stream = _stream_chat if chat else _stream_completion
             return StreamingResponse(
-                stream(engine, sequences[0], completion_id, created, model_name, len(prompts[0])),
+                stream(engine, sequences[0], completion_id, created, model_name),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
             )
         choices, completion_tokens = [], 0
@@ -349,7 +350,7 @@ class Routes:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-async def _collect(engine: GenerationEngine, sequence) -> tuple[str, str]:  # noqa: ANN001
+async def _collect(engine: GenerationEngine, sequence: Sequence) -> tuple[str, str]:
     parts, finish_reason = [], "stop"
     async for delta in engine.stream(sequence):
         parts.append(delta.text)
@@ -364,7 +365,14 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-async def _stream_chat(engine, sequence, completion_id, created, model, prompt_tokens) -> AsyncIterator[bytes]:  # noqa: ANN001
+# Once a stream has begun its status cannot change: a failure ends it with this event and [DONE].
+_GENERATION_FAILED_EVENT = _sse({"error": {"code": GENERATION_FAILED.code, "name": GENERATION_FAILED.name,
+                                           "type": GENERATION_FAILED.type, "message": GENERATION_FAILED.message}})
+
+
+async def _stream_chat(
+    engine: GenerationEngine, sequence: Sequence, completion_id: str, created: int, model: str
+) -> AsyncIterator[bytes]:
     def chunk(delta: dict, finish_reason: str | None) -> bytes:
         return _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]})
@@ -372,8 +380,7 @@ async def _stream_chat(engine, sequence, completion_id, created, model, prompt_t
     yield chunk({"role": "assistant", "content": ""}, None)
     async for delta in engine.stream(sequence):
         if delta.finish_reason == "error":
-            yield _sse({"error": {"code": GENERATION_FAILED.code, "type": GENERATION_FAILED.type,
-                                  "message": GENERATION_FAILED.message}})
+            yield _GENERATION_FAILED_EVENT
             break
         if delta.text:
             yield chunk({"content": delta.text}, None)
@@ -382,11 +389,12 @@ async def _stream_chat(engine, sequence, completion_id, created, model, prompt_t
     yield b"data: [DONE]\n\n"
 
 
-async def _stream_completion(engine, sequence, completion_id, created, model, prompt_tokens) -> AsyncIterator[bytes]:  # noqa: ANN001
+async def _stream_completion(
+    engine: GenerationEngine, sequence: Sequence, completion_id: str, created: int, model: str
+) -> AsyncIterator[bytes]:
     async for delta in engine.stream(sequence):
         if delta.finish_reason == "error":
-            yield _sse({"error": {"code": GENERATION_FAILED.code, "type": GENERATION_FAILED.type,
-                                  "message": GENERATION_FAILED.message}})
+            yield _GENERATION_FAILED_EVENT
             break
         yield _sse({"id": completion_id, "object": "text_completion", "created": created, "model": model,
                     "choices": [{"index": 0, "text": delta.text, "finish_reason": delta.finish_reason,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
 DEMO_SEED = 20261121
 DEMO_VOCAB_SIZE = 512
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
@@ -32,9 +34,8 @@ class DemoDirectoryError(Exception):
     """The target directory cannot take a demo model."""
 
 
-def build_tokenizer():  # noqa: ANN201 - transformers is imported lazily
+def build_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     corpus = files("gateway.model_server").joinpath("demo_corpus.txt").read_text(encoding="utf-8").splitlines()
     tokenizer = Tokenizer(models.BPE())
@@ -57,9 +58,9 @@ def build_tokenizer():  # noqa: ANN201 - transformers is imported lazily
     return fast
 
 
-def build_model(tokenizer):  # noqa: ANN001, ANN201 - transformers is imported lazily
+def build_model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
