@@ -315,3 +315,27 @@ def test_a_sequence_joining_a_running_batch_generates_what_it_would_alone(demo_d
     assert runner_text == runner_alone
     assert joiner_text == joiner_alone
     assert passes < 24 + 18, "the joiner did not share the runner's decode steps"
+
+
+def test_requests_queued_behind_a_full_batch_are_all_served(demo_dir):
+    """With one sequence per batch, requests wait in the queue; each must be picked up when the one
+    before it finishes, not only when yet another request arrives (a hang seen in the benchmark)."""
+    import asyncio
+
+    from gateway.model_server.engine import GenerationEngine, SamplingParams
+
+    loaded = load_model(demo_dir, "int8", "cpu")
+
+    async def scenario() -> list[str]:
+        engine = GenerationEngine(loaded, max_batch_size=1, max_wait_s=0)
+        engine.start()
+        ids = loaded.tokenizer("Hello")["input_ids"]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(engine.generate(ids, SamplingParams(max_tokens=4, temperature=0)) for _ in range(4))),
+            timeout=30,
+        )
+        assert engine.in_flight == 0
+        await engine.close()
+        return [finish_reason for _, finish_reason, _ in results]
+
+    assert asyncio.run(scenario()) == ["length"] * 4

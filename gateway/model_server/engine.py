@@ -246,10 +246,11 @@ class GenerationEngine:
         running: RunningBatch | None = None
         while True:
             if running is None:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                if not self._pending:
-                    continue
+                # Sleep only while there is nothing to do: requests queued behind a full batch must
+                # not wait for the next submit() to be noticed.
+                while not self._pending:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
                 # An idle engine gives concurrent requests a moment to arrive together.
                 if len(self._pending) < self.max_batch_size:
                     await asyncio.sleep(self.max_wait_s)
