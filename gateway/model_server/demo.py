@@ -85,6 +85,9 @@ def build_model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
 
 def init_demo(directory: Path) -> Path:
     """Write the demo model into `directory` (created; must not hold anything yet)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a progress bar for a 12 MB write is noise in the logs
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise DemoDirectoryError(f"{directory} exists and is not an empty directory; choose a new one")
     tokenizer = build_tokenizer()

@@ -48,6 +48,9 @@ def resolve_device(choice: DeviceChoice) -> str:
 def load_model(directory: Path, quantize: Quantize = "int8", device: DeviceChoice = "auto") -> LoadedModel:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # progress bars would break the JSON-lines log stream
 
     directory = Path(directory)
     if not directory.is_dir():
