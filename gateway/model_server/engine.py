@@ -15,7 +15,6 @@ sequence and does not end inside a multi-byte character.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -147,7 +146,6 @@ class RunningBatch:
 @dataclass
 class EngineStats:
     forward_passes: int = 0
-    batches: int = 0
     generated_tokens: int = 0
 
 
@@ -180,7 +178,6 @@ class GenerationEngine:
         self._scheduler: asyncio.Task | None = None
         self._in_flight = 0
         self._finished_since_last_step = 0
-        self._model_lock = threading.Lock()
 
     # -- asyncio side --------------------------------------------------------------------------
 
@@ -287,15 +284,15 @@ class GenerationEngine:
     @torch.inference_mode()
     def _step(self, running: RunningBatch | None, admitted: list[Sequence]) -> RunningBatch | None:
         """Prefill `admitted` and merge it into `running`, then one decode step for every sequence;
-        returns what is still generating (None when nothing is)."""
-        with self._model_lock:
-            if admitted:
-                joined = self._without_finished(self._prefill(admitted))
-                if joined is not None:
-                    running = joined if running is None else running.merged_with(joined)
-            if running is not None:
-                running = self._without_finished(self._decode(running))
-            return running
+        returns what is still generating (None when nothing is). Steps never overlap: the scheduler
+        awaits each one before it takes the next."""
+        if admitted:
+            joined = self._without_finished(self._prefill(admitted))
+            if joined is not None:
+                running = joined if running is None else running.merged_with(joined)
+        if running is not None:
+            running = self._without_finished(self._decode(running))
+        return running
 
     def _forward(self, batch_size: int, **inputs: object) -> object:
         output = self.model(**inputs, use_cache=True)
