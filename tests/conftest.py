@@ -1,4 +1,5 @@
-"""Real servers on loopback: the fake upstream in a thread, the gateway as a `wardgate serve` process."""
+"""Real servers on loopback: the fake upstream in a thread; the gateway and the model server as
+`wardgate serve` / `wardgate model-server` processes."""
 
 from __future__ import annotations
 
@@ -25,46 +26,56 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class GatewayProcess:
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+class WardgateProcess:
+    """`wardgate <command> --port P ...` on a free loopback port, up once `ready_path` answers 200."""
+
+    def __init__(
+        self, command: str, args: list[str], log_path: Path, ready_path: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [WARDGATE, "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            [WARDGATE, command, "--host", "127.0.0.1", "--port", str(self.port), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._wait_until_up()
+        self._wait_until_up(ready_path)
 
-    def _wait_until_up(self) -> None:
-        deadline = time.monotonic() + 30
+    def _wait_until_up(self, ready_path: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"wardgate exited with {self.process.returncode}:\n{self.log_path.read_text()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.url + ready_path, timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError("wardgate did not come up in 30 s")
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"wardgate did not come up in {timeout_s:.0f} s:\n{self.log_path.read_text()}")
 
     def log_lines(self) -> list[dict]:
         self._log.flush()
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
 
     def stop(self) -> None:
-        """Idempotent: a test may stop its gateway early, the fixture stops it again."""
+        """Idempotent: a test may stop its server early, the fixture stops it again."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(15)
             finally:
                 if self.process.poll() is None:
                     self.process.kill()
         self._log.close()
+
+
+class GatewayProcess(WardgateProcess):
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__("serve", args, log_path, "/healthz", env)
 
 
 @pytest.fixture(scope="session")

@@ -17,41 +17,20 @@ import pytest
 import torch
 
 from gateway.model_server.loading import load_model
-from tests.conftest import WARDGATE, free_port
+from tests.conftest import WARDGATE, WardgateProcess
 from tests.test_errors import assert_coded_error
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Hello, 你好"}], "max_tokens": 12, "temperature": 0}
 
 
-class ModelServerProcess:
+class ModelServerProcess(WardgateProcess):
     def __init__(self, model_dir: Path, log_path: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [WARDGATE, "model-server", "--model", str(model_dir), "--port", str(self.port), *args],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("model server not ready in 60 s")
+        super().__init__("model-server", ["--model", str(model_dir), *args], log_path, "/readyz")
 
     def metric(self, name: str) -> float:
         text = httpx.get(self.url + "/metrics").text
         match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else 0.0
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(15)
-        self._log.close()
 
 
 @pytest.fixture(scope="session")
