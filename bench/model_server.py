@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from harness import progress, stop, warn_invalid  # bench/harness.py, next to this script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WARDGATE_BIN = REPO_ROOT / ".venv" / "bin" / "wardgate"
@@ -177,19 +178,6 @@ def make_demo_model(directory: Path) -> Path:
         raise ServerFailed(f"init-demo failed ({done.returncode}): {done.stderr.strip()}")
     return directory
 
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    # The whole process group: nothing the server started may outlive the benchmark.
-    for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @contextmanager
@@ -453,19 +441,13 @@ def report(results: Results, notes: list[str], args: argparse.Namespace, revisio
         print(f"# {note}")
     for line in point_lines(results) + ratio_lines(results, args.concurrency):
         print(line)
-    for name, points in results.items():
-        errors = sum(p.errors for p in points.values())
-        if errors:
-            print(f"WARNING: {name} had {errors} failed requests; its figures are not valid")
+    warn_invalid(results, "failed requests")
     print()
     print(table(results))
 
 
 # -- main ------------------------------------------------------------------------------------------
 
-
-def progress(message: str) -> None:
-    print(f"# {message}", file=sys.stderr, flush=True)
 
 
 def server_config(name: str) -> ServerConfig:

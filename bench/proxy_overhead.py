@@ -80,6 +80,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import progress, stop, warn_invalid  # bench/harness.py, next to this script
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 WARDGATE_BIN = REPO_ROOT / ".venv" / "bin" / "wardgate"
@@ -202,18 +204,6 @@ def running(
     finally:
         stop(proc)
 
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def log_tail(log: Path, lines: int = 15) -> str:
@@ -528,10 +518,7 @@ def report(results: Results, unavailable: dict[str, str], cfg: BenchConfig, load
         print(line)
     for name, reason in unavailable.items():
         print(f"{name}: UNAVAILABLE - " + reason.replace("\n", "\n    "))
-    for name, points in results.items():
-        errors = sum(r.errors for r in points.values())
-        if errors:
-            print(f"WARNING: {name} had {errors} non-2xx responses or socket errors; its figures are not valid")
+    warn_invalid(results, "non-2xx responses or socket errors")
     print()
     print(table(results))
 
@@ -539,9 +526,6 @@ def report(results: Results, unavailable: dict[str, str], cfg: BenchConfig, load
 # --------------------------------------------------------------------------
 # Main
 
-
-def progress(message: str) -> None:
-    print(f"# {message}", file=sys.stderr, flush=True)
 
 
 def bench_all(cfg: BenchConfig, targets: Sequence[str]) -> tuple[Results, dict[str, str]]:
