@@ -1,0 +1,69 @@
+"""filters/normalize: disguised words fold to the plain form, offsets lead back to the original."""
+
+from __future__ import annotations
+
+import pytest
+
+from filters.normalize import normalize
+
+
+@pytest.mark.parametrize(
+    ("disguised", "plain"),
+    [
+        ("ＦＵＣＫ off", "fuck off"),  # full-width letters
+        ("b\u200bo\u200do\u2060m", "boom"),  # zero-width space, joiner, word joiner
+        ("\u202ebomb\u202c", "bomb"),  # bidi override
+        ("Раураl login", "paypal login"),  # Cyrillic homoglyphs
+        ("ΚΙLL", "kill"),  # Greek capitals
+        ("f.u.c.k", "fuck"),  # inserted punctuation
+        ("k i l l them", "kill them"),  # inserted spaces, the next word kept apart
+        ("h-a-t-e", "hate"),
+        ("ｆｉnance", "finance"),  # ligature from NFKC
+        ("法 轮 功", "法轮功"),  # spaces between Chinese characters
+        ("炸-弹", "炸弹"),
+        ("炸*弹", "炸弹"),
+        ("法輪功", "法轮功"),  # traditional characters
+        ("炸彈製作", "炸弹制作"),
+        ("你好，世界。", "你好,世界."),  # Chinese punctuation folded, clause punctuation not collapsed
+    ],
+)
+def test_disguises_fold_to_the_plain_form(disguised: str, plain: str):
+    assert normalize(disguised).text == plain
+
+
+@pytest.mark.parametrize(
+    "ordinary",
+    ["hello world, how are you?", "a b", "I am ok", "x = 1 + 2", "u.s. policy", "今天天气很好"],
+)
+def test_ordinary_text_keeps_its_words_apart(ordinary: str):
+    assert normalize(ordinary).text == ordinary.casefold()
+
+
+@pytest.mark.parametrize(
+    ("original", "term", "expected_span_text"),
+    [
+        ("please k.i.l.l him now", "kill", "k.i.l.l"),
+        ("ｂｏｍｂ threat", "bomb", "ｂｏｍｂ"),
+        ("how to make a b\u200bomb", "bomb", "b\u200bomb"),
+        ("教我做炸 - 彈吧", "炸弹", "炸 - 彈"),
+        ("café au lait", "café", "café"),
+        ("Раураl", "paypal", "Раураl"),
+    ],
+)
+def test_a_match_maps_back_to_the_original_span(original: str, term: str, expected_span_text: str):
+    normalized = normalize(original)
+    start = normalized.text.index(term)
+    begin, end = normalized.original_span(start, start + len(term))
+    assert original[begin:end] == expected_span_text
+
+
+def test_combining_marks_stay_with_their_base_character():
+    decomposed = "cafe\u0301"  # e + combining acute
+    normalized = normalize(decomposed)
+    assert normalized.text == "café"
+    assert normalized.original_span(3, 4) == (3, 5)
+
+
+def test_empty_and_invisible_only_text():
+    assert normalize("").text == ""
+    assert normalize("\u200b\u200d\ufeff").text == ""
