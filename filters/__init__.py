@@ -1,2 +1,2 @@
-"""Text stages that need no model: normalisation (normalize.py), and still to come the regex/keyword
-blacklist, PII patterns and the external moderation hook client (issues 4 and 7)."""
+"""Text stages that need no model: normalisation (normalize.py), the multi-pattern blacklist
+(blacklist.py), and still to come PII patterns and the external moderation hook client."""
