@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from gateway.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from policies.schema import Policy
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,6 +147,65 @@ def init_demo_cmd(directory: Path) -> None:
         click.echo(f"wardgate: {exc}", err=True)
         sys.exit(2)
     click.echo(f"demo model written to {directory} (random weights: it produces gibberish)")
+
+
+@main.group()
+def policy() -> None:
+    """Validate and test policy files."""
+
+
+def _policy_or_exit(path: Path) -> Policy:
+    from policies.schema import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        click.echo(f"wardgate: invalid policy:\n{exc}", err=True)
+        sys.exit(2)
+
+
+@policy.command("validate")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def policy_validate(file: Path) -> None:
+    """Check FILE against the schema and compile its patterns; warn about slow regexes."""
+    from gateway.pipeline import BlacklistInspector
+    from policies.schema import BlacklistStage
+
+    loaded = _policy_or_exit(file)
+    stage_lists = [loaded.input.stages, loaded.output.stages] + [
+        direction.stages
+        for override in [*loaded.overrides.tenants.values(), *loaded.overrides.routes.values()]
+        for direction in (override.input, override.output) if direction is not None
+    ]
+    for stages in stage_lists:
+        for stage in stages:
+            if isinstance(stage, BlacklistStage):
+                for rule_id, pattern in BlacklistInspector(stage).blacklist.slow_patterns:
+                    click.echo(f"warning: rule {rule_id}: regex {pattern!r} has no literal atom: it runs on every text")
+    click.echo(f"{file}: valid (version {loaded.version}, {len(loaded.tests)} golden tests)")
+
+
+@policy.command("test")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def policy_test(file: Path) -> None:
+    """Run FILE's golden tests; exit 1 if any fails."""
+    import asyncio
+
+    from gateway.pipeline import run_golden_tests
+
+    loaded = _policy_or_exit(file)
+    results = asyncio.run(run_golden_tests(loaded))
+    width = max([len("expected"), *(len(r.test.expect) + len(r.test.rule or "") + 1 for r in results)])
+    click.echo(f"{'result':<6}  {'direction':<9}  {'expected':<{width}}  {'got':<{width}}  text")
+    for result in results:
+        expected = result.test.expect + (f" {result.test.rule}" if result.test.rule else "")
+        got = result.verdict.action + (f" {result.verdict.rule_id}" if result.verdict.rule_id else "")
+        text = result.test.text if len(result.test.text) <= 40 else result.test.text[:37] + "..."
+        status = "ok" if result.passed else "FAIL"
+        click.echo(f"{status:<6}  {result.test.direction:<9}  {expected:<{width}}  {got:<{width}}  {text}")
+    failed = sum(not result.passed for result in results)
+    click.echo(f"{len(results) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
 
 
 @main.group()

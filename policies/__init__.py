@@ -1,2 +1,2 @@
-"""Policy schema, loader and the shipped YAML policies (data only: loads no model).
-Not built yet (issue 4)."""
+"""Policy schema and loader (schema.py) and the shipped YAML policies (default.yaml). Data only:
+loads no model. Hot reload, history and rollback are still to come (issue 4)."""
