@@ -126,6 +126,10 @@ class Blacklist:
                 if not key:
                     raise RuleError(f"rule {rule.id}: literal {literal!r} is empty once normalised")
                 keys.setdefault(key, []).append(("literal", index))
+                # A phrase spelled out letter by letter ("p i p e b o m b") normalises without its
+                # word gaps: match that form too.
+                if " " in key:
+                    keys.setdefault(key.replace(" ", ""), []).append(("literal", index))
             for source in rule.regexes:
                 try:
                     pattern = regex.compile(source, regex.IGNORECASE | regex.V1)

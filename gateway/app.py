@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
 
 import structlog
 from starlette.applications import Starlette
@@ -15,11 +17,13 @@ from starlette.responses import Response
 
 from gateway.auth import Authenticator
 from gateway.config import Settings
+from gateway.enforcement import Enforcer
 from gateway.errors import INTERNAL_ERROR, METHOD_NOT_ALLOWED, NOT_FOUND, GatewayError, error_response
 from gateway.limits import AdmissionControl
 from gateway.routes import OpenAIProxy, Probes, build_routes
 from gateway.telemetry import Metrics, RequestTelemetry
 from gateway.upstream import UpstreamClient
+from policies.schema import Policy, load_policy
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
@@ -36,9 +40,22 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return response
 
 
+DEFAULT_POLICY = Path(str(files("policies").joinpath("default.yaml")))
+
+
+def load_active_policy(setting: str) -> Policy | None:
+    """`default` = the shipped policy, `none` = no inspection, anything else a policy file.
+    Raises PolicyError (file:line) for a policy that cannot be used."""
+    if setting == "none":
+        return None
+    return load_policy(DEFAULT_POLICY if setting == "default" else Path(setting))
+
+
 def create_app(settings: Settings) -> Starlette:
     metrics = Metrics()
     upstream = UpstreamClient(settings)
+    policy = load_active_policy(settings.policy)
+    enforcer = Enforcer(policy) if policy is not None else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -61,7 +78,8 @@ def create_app(settings: Settings) -> Starlette:
         metrics=metrics,
     )
     routes = build_routes(
-        OpenAIProxy(upstream, settings), Probes(upstream, metrics), Authenticator(settings.api_keys), admission
+        OpenAIProxy(upstream, settings, enforcer), Probes(upstream, metrics), Authenticator(settings.api_keys),
+        admission,
     )
     return Starlette(
         routes=routes,

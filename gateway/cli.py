@@ -30,6 +30,7 @@ def main() -> None:
               help="Model directory for the bundled model server (default: the demo model).")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 8080).")
+@click.option("--policy", help="Policy file; `default` (the shipped one, the default) or `none`.")
 @click.option("--workers", type=int, help="Worker processes (default 1).")
 @click.option("--max-body-bytes", type=int, help="Largest request body accepted (default 1 MiB).")
 @click.option("--max-concurrency", type=int, help="Requests in flight at once (default 256).")
@@ -45,6 +46,14 @@ def serve(config_file: Path | None, **options: object) -> None:
 
     settings = _settings_or_exit(config_file, options)
     configure_logging(settings.log_level)
+    from gateway.app import load_active_policy
+    from policies.schema import PolicyError
+
+    try:
+        load_active_policy(settings.policy)  # refuse a broken policy before starting anything
+    except PolicyError as exc:
+        click.echo(f"wardgate: invalid policy:\n{exc}", err=True)
+        sys.exit(2)
     bundled = None
     if settings.upstream is None:
         from gateway.bundled_model import BundledModelError, start_bundled_model_server

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     upstream_pool_size: int = Field(256, ge=1)
 
     api_keys: list[ApiKey] = Field(default_factory=list)
+    policy: str = Field(
+        "default", description="Policy file; `default` = the shipped policies/default.yaml, `none` = no inspection"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("upstream")

@@ -49,6 +49,22 @@ def _register(kind: ErrorKind) -> ErrorKind:
     return kind
 
 
+POLICY_BLOCKED_INPUT = _register(ErrorKind(
+    "WG1001", "policy_blocked_input", 400, "policy_violation",
+    "The request was blocked by the content policy.",
+    "A rule of the active policy's input stages matched the prompt; `rule_id` names it. Nothing was "
+    "sent to the model.",
+    "Rephrase the request. Operators: `wardgate policy test` shows what the rule matches; adjust the "
+    "policy file (allow-list exceptions, per-tenant overrides) if the block is wrong.",
+))
+POLICY_BLOCKED_OUTPUT = _register(ErrorKind(
+    "WG1002", "policy_blocked_output", 400, "policy_violation",
+    "The model's answer was blocked by the content policy.",
+    "A rule of the active policy's output stages matched the completion; `rule_id` names it. In a "
+    "stream this arrives as a final SSE error event followed by `data: [DONE]`.",
+    "Rephrase the request. Operators: see `wardgate policy test` and the policy file's output stages.",
+))
+
 UPSTREAM_UNREACHABLE = _register(ErrorKind(
     "WG2001", "upstream_unreachable", 502, "upstream_error",
     "The model server could not be reached.",
@@ -202,16 +218,20 @@ class GatewayError(Exception):
         message: str | None = None,
         *,
         param: str | None = None,
+        rule_id: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message or kind.message)
         self.kind = kind
         self.message = message or kind.message
         self.param = param
+        self.rule_id = rule_id
         self.headers = headers or {}
 
     def body(self, request_id: str) -> bytes:
         extra = {"param": self.param} if self.param is not None else {}
+        if self.rule_id is not None:
+            extra["rule_id"] = self.rule_id
         return self.kind.body(request_id, self.message, **extra)
 
 

@@ -37,6 +37,16 @@ class ChatCompletionRequest(BaseModel):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     stream: bool = False
 
+    def texts(self) -> list[str]:
+        """Every text the policy's input stages inspect: all message contents and text parts."""
+        texts = []
+        for message in self.messages:
+            if isinstance(message.content, str):
+                texts.append(message.content)
+            elif message.content:
+                texts += [part.text for part in message.content if part.text]
+        return texts
+
 
 class CompletionRequest(BaseModel):
     model_config = _PASS_THROUGH
@@ -44,11 +54,18 @@ class CompletionRequest(BaseModel):
     prompt: str | list[str] | list[int] | list[list[int]]
     stream: bool = False
 
+    def texts(self) -> list[str]:
+        # Token-id prompts carry no text to inspect here.
+        return [self.prompt] if isinstance(self.prompt, str) else [p for p in self.prompt if isinstance(p, str)]
+
 
 class EmbeddingRequest(BaseModel):
     model_config = _PASS_THROUGH
     model: str
     input: str | list[str] | list[int] | list[list[int]]
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else [i for i in self.input if isinstance(i, str)]
 
 
 @functools.cache

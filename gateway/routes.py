@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import Authenticator
 from gateway.config import Settings
+from gateway.enforcement import Enforcer, refusal_response
 from gateway.errors import (
     UPSTREAM_BAD_RESPONSE,
     UPSTREAM_SERVER_ERROR,
@@ -86,8 +87,9 @@ class ProxyEndpoint:
 class OpenAIProxy:
     """Validates OpenAI requests and relays them to the upstream model server."""
 
-    def __init__(self, upstream: UpstreamClient, settings: Settings) -> None:
+    def __init__(self, upstream: UpstreamClient, settings: Settings, enforcer: Enforcer | None) -> None:
         self.upstream = upstream
+        self.enforcer = enforcer
         self.max_body_bytes = settings.max_body_bytes
         self.max_upstream_body_bytes = settings.max_upstream_body_bytes
         self.upstream_api_key = settings.upstream_api_key
@@ -97,11 +99,18 @@ class OpenAIProxy:
         to send: the upstream's, relayed, or a coded error."""
         body = None
         stream = False
+        inspect_output = False
         if request_model is not None:
             body = await read_body(scope, receive, self.max_body_bytes)
-            stream = getattr(parse_request(request_model, body), "stream", False)
-        # The original bytes go upstream, not a re-serialisation: the model server sees exactly
-        # what the client sent.
+            parsed = parse_request(request_model, body)
+            stream = getattr(parsed, "stream", False)
+            if self.enforcer is not None:
+                verdict, body = await self.enforcer.check_request(parsed.texts(), body, scope)
+                if verdict.action == "block":  # on_block: refusal
+                    return refusal_response(parsed, self.enforcer.policy.on_block.message)
+                inspect_output = request_model is not EmbeddingRequest
+        # Unless redacted, the original bytes go upstream, not a re-serialisation: the model
+        # server sees exactly what the client sent.
         state = scope["state"]
         headers = request_headers_for_upstream(scope["headers"], state["request_id"], self.upstream_api_key)
         path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
@@ -111,12 +120,17 @@ class OpenAIProxy:
             state["upstream_s"] = time.perf_counter() - started
             client_headers = response_headers_for_client(upstream.raw_headers)
             if stream and upstream.status == 200 and upstream.content_type == "text/event-stream":
-                return SSERelayResponse(upstream, client_headers, self.max_upstream_body_bytes)
+                checker = self.enforcer.stream_checker(scope) if inspect_output else None
+                return SSERelayResponse(upstream, client_headers, self.max_upstream_body_bytes, checker)
             try:
                 payload = await self._read_whole(upstream)
             finally:
                 upstream.release()
         _check_complete_response(upstream.status, payload)
+        if inspect_output and upstream.status == 200:
+            verdict, payload = await self.enforcer.check_completion(payload, scope)
+            if verdict.action == "block":  # on_block: refusal
+                return refusal_response(parsed, self.enforcer.policy.on_block.message)
         return RawResponse(upstream.status, client_headers, payload)
 
     async def _read_whole(self, upstream: aiohttp.ClientResponse) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -21,6 +22,12 @@ from gateway.upstream import transport_error
 _EVENT_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _SSE_FIELDS = frozenset({b"event", b"id", b"retry"})
 DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class StreamCheck(Protocol):
+    """Inspects events before they are released; raises GatewayError to end the stream."""
+
+    async def check(self, events: list[bytes]) -> None: ...
 
 
 class ClientDisconnected(Exception):
@@ -131,10 +138,12 @@ class SSERelayResponse:
         upstream: aiohttp.ClientResponse,
         headers: list[tuple[bytes, bytes]],
         max_event_bytes: int,
+        checker: StreamCheck | None = None,
     ) -> None:
         self.upstream = upstream
         self.headers = headers
         self.max_event_bytes = max_event_bytes
+        self.checker = checker
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
@@ -165,16 +174,21 @@ class SSERelayResponse:
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._end_with_error(scope, send, transport_error(exc, response_started=True))
 
-    @staticmethod
-    async def _send_checked(events: list[bytes], send: Send) -> None:
-        """Forward the events, in one write, up to the first malformed one, which raises."""
+    async def _send_checked(self, events: list[bytes], send: Send) -> None:
+        """Forward the events, in one write, up to the first malformed one, which raises; with a
+        policy, the events are released only once their text has passed it."""
+        problem = None
         for index, event in enumerate(events):
             problem = event_problem(event)
             if problem:
-                if index:
-                    await send({"type": "http.response.body", "body": b"".join(events[:index]), "more_body": True})
-                raise GatewayError(UPSTREAM_BAD_RESPONSE, f"The model server's stream is malformed: {problem}.")
-        await send({"type": "http.response.body", "body": b"".join(events), "more_body": True})
+                events = events[:index]
+                break
+        if events and self.checker is not None:
+            await self.checker.check(events)
+        if events:
+            await send({"type": "http.response.body", "body": b"".join(events), "more_body": True})
+        if problem:
+            raise GatewayError(UPSTREAM_BAD_RESPONSE, f"The model server's stream is malformed: {problem}.")
 
     @staticmethod
     async def _end_with_error(scope: Scope, send: Send, error: GatewayError) -> None:

@@ -206,6 +206,9 @@ class RequestTelemetry:
             fields["error_code"] = error_code
         if state.get("client_disconnected"):
             fields["client_disconnected"] = True
+        for key in ("input_verdict", "output_verdict", "inspect_input_ms"):
+            if key in state:
+                fields[key] = state[key]
         if failure is not None and not isinstance(failure, asyncio.CancelledError):
             self.log.error("request", **fields, exc_info=failure)
         else:

@@ -141,6 +141,7 @@ class FakeUpstream:
         garbage-stream a valid event, then an event whose data is not JSON
         cut-stream     two events, then the connection is dropped mid-stream
         stall-stream   one event, then silence for 30 s
+        split-stream   streams "The word is for" "bidden" "-output!" (a term split across events)
         error500       HTTP 500 with an error body
         bad-request    HTTP 400 with an OpenAI-style error body (to be passed through)
         """
@@ -171,6 +172,14 @@ class FakeUpstream:
             await response.write(chunk_event(model, {"content": "ial"}))
             await asyncio.sleep(0.05)
             request.transport.close()
+            return response
+        if model == "split-stream":
+            response = await self._start_sse(request)
+            for piece in ["The word is for", "bidden", "-output!"]:
+                await response.write(chunk_event(model, {"content": piece}))
+                await asyncio.sleep(0.05)
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
             return response
         if model == "stall-stream":
             response = await self._start_sse(request)

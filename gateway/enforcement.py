@@ -1,0 +1,178 @@
+"""Applying the active policy to OpenAI requests and responses.
+
+Input: every text of the request (message contents, prompts) goes through the input stages before
+anything is forwarded. Block → WG1001 (or, with `on_block: refusal`, a normal completion carrying
+the refusal message); redact → the request is forwarded with the matched spans masked; flag → it
+passes and the verdict is logged. Output: the same for the completion's texts, WG1002 on a block.
+Streams are checked event by event on the recent text before each event is released (see
+`StreamChecker`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import orjson
+from pydantic import BaseModel
+from starlette.types import Scope
+
+from gateway.errors import POLICY_BLOCKED_INPUT, POLICY_BLOCKED_OUTPUT, GatewayError
+from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
+from gateway.pipeline import ALLOW, Context, Pipeline, Verdict
+from gateway.streaming import RawResponse
+from policies.schema import Direction, Policy
+
+# A streamed completion is re-checked on its last characters only: enough for any term split
+# across events, without rescanning the whole answer at every event.
+STREAM_CHECK_TAIL_CHARS = 2048
+
+
+class Enforcer:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.pipeline = Pipeline(policy)
+
+    async def verdicts(self, texts: list[str], scope: Scope, direction: Direction) -> list[Verdict]:
+        state = scope["state"]
+        ctx = Context(direction, state.get("tenant"), scope["path"], state.get("request_id", ""))
+        return [await self.pipeline.inspect([text], ctx) for text in texts]
+
+    def record(self, scope: Scope, direction: Direction, verdict: Verdict) -> None:
+        if verdict.action != "allow":
+            scope["state"][f"{direction}_verdict"] = {"action": verdict.action, "rule_id": verdict.rule_id,
+                                                       "category": verdict.category, "stage": verdict.stage}
+
+    async def check_request(self, texts: list[str], body: bytes, scope: Scope) -> tuple[Verdict, bytes]:
+        """The strongest input verdict, and the body to forward (redacted where asked)."""
+        started = time.perf_counter()
+        verdicts = await self.verdicts(texts, scope, "input")
+        scope["state"]["inspect_input_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        verdict = _strongest(verdicts)
+        self.record(scope, "input", verdict)
+        if verdict.action == "block" and self.policy.on_block.mode == "error":
+            raise GatewayError(POLICY_BLOCKED_INPUT, rule_id=verdict.rule_id)
+        if verdict.action == "redact":
+            replacements = {text: v.replacement for text, v in zip(texts, verdicts, strict=True)
+                            if v.action == "redact" and v.replacement is not None}
+            body = orjson.dumps(_replace_strings(orjson.loads(body), replacements))
+        return verdict, body
+
+    async def check_completion(self, payload: bytes, scope: Scope) -> tuple[Verdict, bytes]:
+        """The strongest output verdict over a non-streamed completion, and the payload to return."""
+        document = orjson.loads(payload)
+        texts = [text for text in _completion_texts(document) if text]
+        if not texts:
+            return ALLOW, payload
+        verdicts = await self.verdicts(texts, scope, "output")
+        verdict = _strongest(verdicts)
+        self.record(scope, "output", verdict)
+        if verdict.action == "block" and self.policy.on_block.mode == "error":
+            raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
+        if verdict.action == "redact":
+            replacements = {text: v.replacement for text, v in zip(texts, verdicts, strict=True)
+                            if v.action == "redact" and v.replacement is not None}
+            payload = orjson.dumps(_replace_strings(document, replacements))
+        return verdict, payload
+
+    def stream_checker(self, scope: Scope) -> StreamChecker:
+        return StreamChecker(self, scope)
+
+
+class StreamChecker:
+    """Checks a streamed completion as it grows: the text of each batch of events, with the text
+    before it, is inspected before the events are released. A block ends the stream (WG1002 event,
+    then [DONE]); redact and flag are recorded (text already sent cannot be masked)."""
+
+    def __init__(self, enforcer: Enforcer, scope: Scope) -> None:
+        self.enforcer = enforcer
+        self.scope = scope
+        self.text = ""
+
+    async def check(self, events: list[bytes]) -> None:
+        added = "".join(_event_delta_text(event) for event in events)
+        if not added:
+            return
+        self.text += added
+        window = self.text[-(len(added) + STREAM_CHECK_TAIL_CHARS):]
+        [verdict] = await self.enforcer.verdicts([window], self.scope, "output")
+        self.enforcer.record(self.scope, "output", verdict)
+        if verdict.action == "block":
+            raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
+
+
+def _strongest(verdicts: list[Verdict]) -> Verdict:
+    order = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
+    return max(verdicts, key=lambda verdict: order[verdict.action], default=ALLOW)
+
+
+def _replace_strings(value: object, replacements: dict[str, str]) -> object:
+    """`value` (parsed JSON) with every string found in `replacements` replaced."""
+    if isinstance(value, str):
+        return replacements.get(value, value)
+    if isinstance(value, list):
+        return [_replace_strings(item, replacements) for item in value]
+    if isinstance(value, dict):
+        return {key: _replace_strings(item, replacements) for key, item in value.items()}
+    return value
+
+
+def _completion_texts(document: object) -> list[str]:
+    if not isinstance(document, dict):
+        return []
+    texts = []
+    for choice in document.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            texts.append(message["content"])
+        if isinstance(choice.get("text"), str):
+            texts.append(choice["text"])
+    return texts
+
+
+def _event_delta_text(event: bytes) -> str:
+    """The completion text an SSE event adds (chat delta content or completion text), or ""."""
+    parts = []
+    for line in event.splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            continue
+        try:
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        for choice in document.get("choices") or [] if isinstance(document, dict) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                parts.append(delta["content"])
+            elif isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                parts.append(choice["text"])
+    return "".join(parts)
+
+
+def refusal_response(parsed: BaseModel, message: str) -> RawResponse:
+    """A blocked request answered as a normal completion carrying the refusal (`on_block: refusal`)."""
+    model = getattr(parsed, "model", "")
+    created = int(time.time())
+    completion_id = f"chatcmpl-refused-{os.urandom(8).hex()}"
+    if isinstance(parsed, ChatCompletionRequest):
+        if parsed.stream:
+            chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": message},
+                                  "finish_reason": "content_filter"}]}
+            body = b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+            return RawResponse(200, [(b"content-type", b"text/event-stream")], body)
+        document = {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": message},
+                                 "finish_reason": "content_filter"}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+    elif isinstance(parsed, CompletionRequest) and not parsed.stream:
+        document = {"id": completion_id, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": message, "finish_reason": "content_filter"}]}
+    else:  # embeddings and streamed text completions have no natural refusal form
+        raise GatewayError(POLICY_BLOCKED_INPUT)
+    return RawResponse(200, [(b"content-type", b"application/json")], orjson.dumps(document))
