@@ -13,8 +13,9 @@ and is driven by ``wrk`` at several connection counts:
 * ``starlette-minimal`` - bench/minimal_proxy.py: Starlette + one aiohttp
                    call and nothing else, the ceiling of a Python proxy on
                    this stack (what wardgate's own work is measured against);
-* ``wardgate``   - ``wardgate serve`` with its defaults plus an API key (auth,
-                   admission control, access logs and metrics all on);
+* ``wardgate``   - ``wardgate serve`` with no inspection stages (``--policy none``)
+                   and an API key (auth, admission control, access logs and metrics
+                   all on);
                    ``--wardgate-args`` adds options, e.g. ``"--workers 2"``.
 
 The fake upstream is a separate nginx instance returning a static
@@ -359,6 +360,9 @@ def wardgate_cmd(cfg: BenchConfig, upstream_url: str, port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        # Pass-through overhead: no inspection stages (bench/blacklist.py measures those).
+        "--policy",
+        "none",
         *cfg.wardgate_args,
     ]
 
