@@ -46,16 +46,8 @@ class Enforcer:
     async def check_request(self, texts: list[str], body: bytes, scope: Scope) -> tuple[Verdict, bytes]:
         """The strongest input verdict, and the body to forward (redacted where asked)."""
         started = time.perf_counter()
-        verdicts = await self.verdicts(texts, scope, "input")
+        verdict, body = await self._check(texts, body, None, scope, "input")
         scope["state"]["inspect_input_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        verdict = _strongest(verdicts)
-        self.record(scope, "input", verdict)
-        if verdict.action == "block" and self.policy.on_block.mode == "error":
-            raise GatewayError(POLICY_BLOCKED_INPUT, rule_id=verdict.rule_id)
-        if verdict.action == "redact":
-            replacements = {text: v.replacement for text, v in zip(texts, verdicts, strict=True)
-                            if v.action == "redact" and v.replacement is not None}
-            body = orjson.dumps(_replace_strings(orjson.loads(body), replacements))
         return verdict, body
 
     async def check_completion(self, payload: bytes, scope: Scope) -> tuple[Verdict, bytes]:
@@ -64,16 +56,25 @@ class Enforcer:
         texts = [text for text in _completion_texts(document) if text]
         if not texts:
             return ALLOW, payload
-        verdicts = await self.verdicts(texts, scope, "output")
+        return await self._check(texts, payload, document, scope, "output")
+
+    async def _check(
+        self, texts: list[str], raw: bytes, document: object | None, scope: Scope, direction: Direction
+    ) -> tuple[Verdict, bytes]:
+        """Inspect `texts`; raise the coded error on a block (error mode), or return the verdict and
+        `raw` — re-serialised with the matched spans masked when the verdict is redact."""
+        verdicts = await self.verdicts(texts, scope, direction)
         verdict = _strongest(verdicts)
-        self.record(scope, "output", verdict)
+        self.record(scope, direction, verdict)
         if verdict.action == "block" and self.policy.on_block.mode == "error":
-            raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
+            kind = POLICY_BLOCKED_INPUT if direction == "input" else POLICY_BLOCKED_OUTPUT
+            raise GatewayError(kind, rule_id=verdict.rule_id)
         if verdict.action == "redact":
-            replacements = {text: v.replacement for text, v in zip(texts, verdicts, strict=True)
-                            if v.action == "redact" and v.replacement is not None}
-            payload = orjson.dumps(_replace_strings(document, replacements))
-        return verdict, payload
+            replacements = {text: found.replacement for text, found in zip(texts, verdicts, strict=True)
+                            if found.action == "redact" and found.replacement is not None}
+            parsed = orjson.loads(raw) if document is None else document
+            raw = orjson.dumps(_replace_strings(parsed, replacements))
+        return verdict, raw
 
     def stream_checker(self, scope: Scope) -> StreamChecker:
         return StreamChecker(self, scope)
