@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from policies.yaml_source import YamlSourceError, line_of, read_yaml
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -101,42 +103,34 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(_describe(exc, "command line / WARDGATE_* environment")) from None
     if config_file is None:
         return explicit
-    file_values, lines = _read_yaml(config_file)
+    file_values, root = _read_config_file(config_file)
     merged = {**file_values, **{name: getattr(explicit, name) for name in explicit.model_fields_set}}
     try:
         return Settings(**merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(config_file), lines)) from None
+        raise ConfigError(_describe(exc, str(config_file), root)) from None
 
 
-def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """The mapping in the file and the line of each top-level key (for error messages)."""
+def _read_config_file(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    """The mapping in the file and its YAML node tree (for the line of a bad setting)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    if values is None:
-        return {}, {}
-    if not isinstance(values, dict):
+        document = read_yaml(path)
+    except YamlSourceError as exc:
+        if exc.reason == "unreadable":
+            raise ConfigError(f"{path}: cannot read config file: {exc.problem}") from None
+        raise ConfigError(f"{path}:{exc.line}:{exc.column}: invalid YAML: {exc.problem}") from None
+    if document.data is None:
+        return {}, None
+    if not isinstance(document.data, dict):
         raise ConfigError(f"{path}: the config file must be a mapping of setting names to values")
-    lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
-    return values, lines
+    return document.data, document.root
 
 
-def _describe(exc: ValidationError, source: str, lines: dict[str, int] | None = None) -> str:
+def _describe(exc: ValidationError, source: str, root: yaml.Node | None = None) -> str:
     problems = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        top = str(error["loc"][0]) if error["loc"] else ""
-        where = f"{source}:{lines[top]}" if lines and top in lines else source
+        where = f"{source}:{line_of(root, error['loc'])}" if root is not None else source
         message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
         problems.append(f"{where}: {field}: {message}")
     return "invalid configuration:\n  " + "\n  ".join(problems)

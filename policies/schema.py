@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import regex
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from policies.yaml_source import YamlSourceError, line_of, read_yaml
 
 Action = Literal["allow", "flag", "redact", "block"]
 Direction = Literal["input", "output"]
@@ -124,43 +125,20 @@ class Policy(BaseModel):
 def load_policy(path: Path) -> Policy:
     """Parse and validate a policy file; raises PolicyError naming file, line and field."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{path}: cannot read the policy: {exc}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise PolicyError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    if not isinstance(data, dict):
+        document = read_yaml(path)
+    except YamlSourceError as exc:
+        if exc.reason == "unreadable":
+            raise PolicyError(f"{path}: cannot read the policy: {exc.problem}") from None
+        raise PolicyError(f"{path}:{exc.line}: invalid YAML: {exc.problem}") from None
+    if not isinstance(document.data, dict):
         raise PolicyError(f"{path}:1: a policy is a mapping with at least `version`")
     try:
-        return Policy.model_validate(data)
+        return Policy.model_validate(document.data)
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
             loc = [part for part in error["loc"] if not (isinstance(part, str) and part == "blacklist")]
             field = ".".join(str(part) for part in loc) or "(top level)"
             message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-            lines.append(f"{path}:{_line_of(node, loc)}: {field}: {message}")
+            lines.append(f"{path}:{line_of(document.root, loc)}: {field}: {message}")
         raise PolicyError("\n".join(lines)) from None
-
-
-def _line_of(node: yaml.Node | None, loc: list[str | int]) -> int:
-    """The line of the deepest YAML node on the error's path (1-based)."""
-    line = node.start_mark.line + 1 if node is not None else 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            found = next((value for key, value in node.value if key.value == part), None)
-            if found is None:
-                key_node = next((key for key, _ in node.value if key.value == part), None)
-                return key_node.start_mark.line + 1 if key_node is not None else line
-            node = found
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            break
-        line = node.start_mark.line + 1
-    return line
