@@ -18,19 +18,12 @@ from starlette.responses import Response
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.enforcement import Enforcer
-from gateway.errors import INTERNAL_ERROR, METHOD_NOT_ALLOWED, NOT_FOUND, GatewayError, error_response
+from gateway.errors import INTERNAL_ERROR, GatewayError, error_response, on_http_exception
 from gateway.limits import AdmissionControl
 from gateway.routes import OpenAIProxy, Probes, build_routes
 from gateway.telemetry import Metrics, RequestTelemetry
 from gateway.upstream import UpstreamClient
 from policies.schema import Policy, load_policy
-
-
-async def _on_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    kind = METHOD_NOT_ALLOWED if exc.status_code == 405 else NOT_FOUND
-    headers = {"Allow": exc.headers["Allow"]} if exc.headers and "Allow" in exc.headers else None
-    return error_response(request.scope, GatewayError(kind, headers=headers))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -87,7 +80,7 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(RequestTelemetry, metrics=metrics, route_paths=frozenset(route.path for route in routes)),
         ],
         exception_handlers={
-            HTTPException: _on_http_exception,
+            HTTPException: on_http_exception,
             Exception: _on_unexpected,
         },
         lifespan=lifespan,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
@@ -280,3 +282,17 @@ def error_response(scope: Scope, error: GatewayError) -> Response:
         headers=error.headers,
         media_type="application/json",
     )
+
+
+async def on_gateway_error(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler: a GatewayError raised in a route becomes its coded response."""
+    assert isinstance(exc, GatewayError)
+    return error_response(request.scope, exc)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler: the router's 404 and 405 as coded errors (405 keeps Allow)."""
+    assert isinstance(exc, HTTPException)
+    kind = METHOD_NOT_ALLOWED if exc.status_code == 405 else NOT_FOUND
+    headers = {"Allow": exc.headers["Allow"]} if exc.headers and "Allow" in exc.headers else None
+    return error_response(request.scope, GatewayError(kind, headers=headers))

@@ -35,13 +35,12 @@ from gateway.errors import (
     GENERATION_FAILED,
     INTERNAL_ERROR,
     INVALID_REQUEST,
-    METHOD_NOT_ALLOWED,
     MODEL_OVERLOADED,
     MODEL_SWAP_FAILED,
-    NOT_FOUND,
     PROMPT_TOO_LONG,
     GatewayError,
-    error_response,
+    on_gateway_error,
+    on_http_exception,
 )
 from gateway.model_server.engine import EngineOverloaded, GenerationEngine, PromptTooLong, SamplingParams, Sequence
 from gateway.model_server.loading import DeviceChoice, LoadedModel, ModelLoadError, Quantize, load_model
@@ -402,17 +401,6 @@ async def _stream_completion(
     yield b"data: [DONE]\n\n"
 
 
-async def _on_gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return error_response(request.scope, exc)
-
-
-async def _on_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    kind = METHOD_NOT_ALLOWED if exc.status_code == 405 else NOT_FOUND
-    return error_response(request.scope, GatewayError(kind))
-
-
 async def _swap_logged(server: ModelServer, model_dir: Path) -> None:
     # A refusal is already logged and counted by swap(); the old model keeps serving.
     with contextlib.suppress(GatewayError):
@@ -453,6 +441,6 @@ def create_model_server_app(settings: ModelServerSettings) -> Starlette:
         routes=route_list,
         middleware=[Middleware(RequestTelemetry, metrics=metrics,
                                route_paths=frozenset(route.path for route in route_list))],
-        exception_handlers={GatewayError: _on_gateway_error, HTTPException: _on_http_exception},
+        exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_exception},
         lifespan=lifespan,
     )
