@@ -5,17 +5,38 @@ per-route overrides (precedence: route > tenant > default; an override replaces 
 stage list), what a block answers (a coded error, or a refusal returned as a normal completion),
 and golden `tests` that must pass before the policy can become active. This module is data only:
 it loads no model.
+
+A blacklist rule may also name lexicon files (`lexicons:`), one term a line; `load_policy` reads them
+and appends their terms to the rule's `literals`. The loaded policy remembers every file it was
+built from, with the bytes read at load time (`source_files`, `source_bytes`, `policy_digest`), so
+that hot reload can watch them and a version can be named by its content.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import regex
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from policies.yaml_source import YamlSourceError, line_of, read_yaml
+from filters.normalize import normalize
+from policies.yaml_source import YamlDocument, YamlSourceError, line_of, read_yaml
+
+if TYPE_CHECKING:
+    import yaml
 
 Action = Literal["allow", "flag", "redact", "block"]
 Direction = Literal["input", "output"]
@@ -33,6 +54,9 @@ class BlacklistRuleSpec(BaseModel):
     action: Literal["flag", "redact", "block"] = "block"
     literals: list[str] = Field(default_factory=list)
     regexes: list[str] = Field(default_factory=list)
+    # Lexicon files whose terms become literals of this rule: a path relative to the policy file,
+    # or `builtin:NAME` for policies/lexicons/NAME.txt shipped in the package.
+    lexicons: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     allow: list[str] = Field(default_factory=list)
 
     @field_validator("regexes")
@@ -47,8 +71,8 @@ class BlacklistRuleSpec(BaseModel):
 
     @model_validator(mode="after")
     def _has_patterns(self) -> BlacklistRuleSpec:
-        if not self.literals and not self.regexes:
-            raise ValueError("a rule needs at least one literal or regex")
+        if not self.literals and not self.regexes and not self.lexicons:
+            raise ValueError("a rule needs at least one literal, regex or lexicon")
         return self
 
 
@@ -112,6 +136,29 @@ class Policy(BaseModel):
     output: DirectionStages = Field(default_factory=DirectionStages)
     overrides: Overrides = Field(default_factory=Overrides)
     tests: list[GoldenTest] = Field(default_factory=list)
+    # (resolved path, bytes as read) of the policy file, then of each lexicon file; set by load_policy.
+    _sources: tuple[tuple[Path, bytes], ...] = PrivateAttr(default=())
+
+    @property
+    def source_files(self) -> tuple[Path, ...]:
+        """The files this policy was built from: the policy file, then each lexicon file (absolute)."""
+        return tuple(path for path, _ in self._sources)
+
+    @property
+    def source_bytes(self) -> tuple[tuple[Path, bytes], ...]:
+        """(path, bytes) of each source file as it was read when the policy was loaded."""
+        return self._sources
+
+    def stage_lists(self) -> Iterator[tuple[tuple[str | int, ...], list[Stage]]]:
+        """Every stage list with its location in the file: the defaults', then each override's."""
+        for direction in ("input", "output"):
+            yield (direction, "stages"), getattr(self, direction).stages
+        for kind, overrides in (("tenants", self.overrides.tenants), ("routes", self.overrides.routes)):
+            for name, override in overrides.items():
+                for direction in ("input", "output"):
+                    chosen = getattr(override, direction)
+                    if chosen is not None:
+                        yield ("overrides", kind, name, direction, "stages"), chosen.stages
 
     def stages_for(self, direction: Direction, tenant: str | None = None, route: str | None = None) -> list[Stage]:
         """The stages that apply: the route's override, else the tenant's, else the default."""
@@ -122,18 +169,130 @@ class Policy(BaseModel):
         return getattr(self, direction).stages
 
 
+def policy_digest(policy: Policy) -> str:
+    """sha256 (hex) over the bytes of every source file as read at load time, each prefixed by its
+    length (8 bytes, big-endian) so that moving bytes from one file to the next changes the digest."""
+    if not policy.source_bytes:
+        raise ValueError("the policy was not loaded from a file (use load_policy): it has no digest")
+    digest = hashlib.sha256()
+    for _, data in policy.source_bytes:
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
+
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_lexicons() -> list[str]:
+    """Names usable as `builtin:NAME`: the .txt files in policies/lexicons/ (package data)."""
+    return sorted(entry.name.removesuffix(".txt") for entry in files("policies").joinpath("lexicons").iterdir()
+                  if entry.name.endswith(".txt"))
+
+
+def _lexicon_path(reference: str, policy_dir: Path) -> Path:
+    """The file a `lexicons` entry names; raises ValueError (worded for the policy's author)."""
+    if reference.startswith(BUILTIN_PREFIX):
+        name = reference.removeprefix(BUILTIN_PREFIX)
+        if name not in builtin_lexicons():
+            raise ValueError(f"unknown builtin lexicon {name!r} (shipped: {', '.join(builtin_lexicons())})")
+        # A real directory for a normal or an editable install; a zipped install is not supported.
+        return Path(str(files("policies").joinpath("lexicons", f"{name}.txt")))
+    return policy_dir / Path(reference).expanduser()
+
+
+def _absolute(path: Path) -> Path:
+    # Absolute and normalised, but symlinks are kept: a Kubernetes ConfigMap swaps the directory a
+    # symlinked file points into, and a watcher must keep stat()ing the name, not the old target.
+    return Path(os.path.abspath(path))
+
+
+def parse_lexicon(path: Path, data: bytes) -> list[str]:
+    """The terms of a lexicon file: one a line, UTF-8 (a BOM is ignored), lines that are blank or
+    start with '#' skipped, whitespace trimmed. Raises PolicyError naming `lexicon:line` for a line that is not UTF-8 or
+    a term that normalises to nothing (it could never match)."""
+    terms, problems = [], []
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        try:
+            line = " ".join(raw.decode("utf-8").split())  # runs of whitespace inside a term: one space
+        except UnicodeDecodeError as exc:
+            problems.append(f"{path}:{number}: not UTF-8 ({exc.reason} at byte {exc.start})")
+            continue
+        if not line or line.startswith("#"):
+            continue
+        if not normalize(line).text.strip():
+            problems.append(f"{path}:{number}: term {line!r} is empty once normalised: it can never match")
+            continue
+        terms.append(line)
+    if not terms and not problems:
+        # An emptied lexicon would silently disarm its rules: refuse it instead.
+        problems.append(f"{path}:1: the lexicon has no terms (only blank lines and comments)")
+    if problems:
+        raise PolicyError("\n".join(problems))
+    return terms
+
+
+def _read_lexicons(policy: Policy, path: Path, root: yaml.Node | None) -> list[tuple[Path, bytes]]:
+    """Append each rule's lexicon terms to its literals; returns the lexicon files read, in order."""
+    read: dict[Path, tuple[bytes, list[str]]] = {}  # by absolute path: a file shared by rules is read once
+    problems = []
+    for stages_loc, stages in policy.stage_lists():
+        for stage_index, stage in enumerate(stages):
+            for rule_index, rule in enumerate(stage.rules):
+                terms: list[str] = []
+                for entry_index, reference in enumerate(rule.lexicons):
+                    loc = [*stages_loc, stage_index, "rules", rule_index, "lexicons", entry_index]
+                    where = f"{path}:{line_of(root, loc)}: {'.'.join(str(part) for part in loc)}"
+                    try:
+                        shown = _lexicon_path(reference, path.parent)
+                        lexicon = _absolute(shown)
+                        if lexicon not in read:
+                            data = lexicon.read_bytes()
+                            read[lexicon] = (data, parse_lexicon(shown, data))
+                    except ValueError as exc:
+                        problems.append(f"{where}: {exc}")
+                        continue
+                    except OSError as exc:
+                        problems.append(f"{where}: cannot read lexicon {reference!r}: {exc.strerror or exc}")
+                        continue
+                    except PolicyError as exc:
+                        problems.append(str(exc))
+                        continue
+                    terms += read[lexicon][1]
+                # Written literals first; a term listed twice would be matched twice.
+                rule.literals = list(dict.fromkeys([*rule.literals, *terms]))
+    if problems:
+        raise PolicyError("\n".join(dict.fromkeys(problems)))
+    return [(lexicon, data) for lexicon, (data, _) in read.items()]
+
+
+def _read_policy_file(path: Path) -> tuple[bytes, YamlDocument]:
+    """The file's bytes and its parse, of the same content: the digest and the history must name
+    exactly what was parsed, and an editor may be writing the file right now."""
+    for _ in range(3):
+        try:
+            data = path.read_bytes()
+            document = read_yaml(path)
+            unchanged = path.read_bytes() == data
+        except OSError as exc:
+            raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc}") from None
+        except YamlSourceError as exc:
+            if exc.reason == "unreadable":
+                raise PolicyError(f"{path}: cannot read the policy: {exc.problem}") from None
+            raise PolicyError(f"{path}:{exc.line}: invalid YAML: {exc.problem}") from None
+        if unchanged:
+            return data, document
+    raise PolicyError(f"{path}: the file kept changing while it was read; try again once it is written")
+
+
 def load_policy(path: Path) -> Policy:
-    """Parse and validate a policy file; raises PolicyError naming file, line and field."""
-    try:
-        document = read_yaml(path)
-    except YamlSourceError as exc:
-        if exc.reason == "unreadable":
-            raise PolicyError(f"{path}: cannot read the policy: {exc.problem}") from None
-        raise PolicyError(f"{path}:{exc.line}: invalid YAML: {exc.problem}") from None
+    """Parse and validate a policy file and read its lexicons; raises PolicyError naming file, line
+    and field (or lexicon file and line)."""
+    path = Path(path)  # messages name it as given; the sources keep it absolute
+    data, document = _read_policy_file(path)
     if not isinstance(document.data, dict):
         raise PolicyError(f"{path}:1: a policy is a mapping with at least `version`")
     try:
-        return Policy.model_validate(document.data)
+        policy = Policy.model_validate(document.data)
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
@@ -142,3 +301,5 @@ def load_policy(path: Path) -> Policy:
             message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
             lines.append(f"{path}:{line_of(document.root, loc)}: {field}: {message}")
         raise PolicyError("\n".join(lines)) from None
+    policy._sources = ((_absolute(path), data), *_read_lexicons(policy, path, document.root))
+    return policy
