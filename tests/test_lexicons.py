@@ -1,16 +1,26 @@
 """Lexicon files referenced from blacklist rules: resolution, errors with file:line, the policy's
-source files and digest."""
+source files and digest, and the shipped lexicons (their headers, package data, hit rates)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from filters.blacklist import Blacklist, Rule
 from gateway.pipeline import Context, Pipeline
-from policies.schema import Policy, PolicyError, load_policy, policy_digest
+from policies.schema import Policy, PolicyError, builtin_lexicons, load_policy, parse_lexicon, policy_digest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+SHIPPED = ROOT / "policies" / "lexicons"
 
 POLICY = """\
 version: "lex1"
@@ -175,3 +185,87 @@ def test_bad_lexicon_content_is_reported_at_the_lexicon_line(policy_dir, content
         load_policy(policy_dir / "policy.yaml")
     # Reported once, though three rules use the file.
     assert len(str(raised.value).splitlines()) == 1
+
+
+def test_builtin_lexicons_resolve_to_the_package_and_unknown_ones_are_refused(tmp_path):
+    assert {"en_hate_ngrams", "zh_sexist_abuse"} <= set(builtin_lexicons())
+    path = write(tmp_path / "p.yaml", POLICY.replace("lists/slurs.txt", "builtin:en_hate_ngrams"))
+    write(tmp_path / "lists" / "abuse.txt", "坏词语\n")
+    policy = load_policy(path)
+    assert policy.source_files[1] == SHIPPED / "en_hate_ngrams.txt"
+    assert "nigger" in policy.input.stages[0].rules[0].literals
+    broken = write(tmp_path / "q.yaml", POLICY.replace("- lists/slurs.txt", "- builtin:../schema"))
+    with pytest.raises(PolicyError, match=r"q\.yaml:10: input\.stages\.0\.rules\.0\.lexicons\.0: unknown builtin "
+                                          r"lexicon '\.\./schema' \(shipped: en_hate_ngrams, zh_sexist_abuse"):
+        load_policy(broken)
+
+
+@pytest.mark.parametrize("name", ["en_hate_ngrams", "zh_sexist_abuse"])
+def test_shipped_lexicons_name_source_license_and_rates(name):
+    path = SHIPPED / f"{name}.txt"
+    data = path.read_bytes()
+    header = [line for line in data.decode().splitlines() if line.startswith("#")]
+    text = "\n".join(header)
+    assert "Source: shared/data/" in text and "License: MIT" in text
+    assert "Curation:" in text and "Hit rates" in text
+    terms = parse_lexicon(path, data)
+    assert len(terms) == len(set(terms)) > 20
+    # No term that a curation step promises to have dropped.
+    assert not [term for term in terms if len(term) == 1 or "\ufffd" in term]
+
+
+def _texts(path: Path, key: str) -> list[str]:
+    if path.suffix == ".json":
+        return [row[key] for row in json.loads(path.read_text(encoding="utf-8"))]
+    return [json.loads(line)[key] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _hit_rate(lexicon: str, texts: list[str]) -> float:
+    terms = parse_lexicon(SHIPPED / f"{lexicon}.txt", (SHIPPED / f"{lexicon}.txt").read_bytes())
+    blacklist = Blacklist([Rule("lexicon", "x", "flag", tuple(terms))])
+    return sum(bool(blacklist.scan(text)) for text in texts) / len(texts)
+
+
+@pytest.mark.skipif(not (DATA / "DATA.md").is_file(), reason="needs shared/data beside the repository")
+def test_shipped_lexicons_stay_quiet_on_benign_prompts_and_fire_on_abuse():
+    import csv
+
+    benign = {
+        "en_hate_ngrams": _texts(DATA / "en/benign_prompts/alpaca_harmless_val.json", "instruction"),
+        "zh_sexist_abuse": _texts(DATA / "zh/benign_prompts/belle_eval_set.jsonl", "question")
+        + _texts(DATA / "zh/benign_prompts/cvalues_sensitive_but_benign.jsonl", "prompt"),
+    }
+    with (DATA / "en/toxicity/davidson_labeled_data.csv").open(encoding="utf-8", newline="") as handle:
+        hate = [row["tweet"] for row in csv.DictReader(handle) if row["class"] == "0"]
+    with (DATA / "zh/offensive/swsr_sexcomment.csv").open(encoding="utf-8-sig", newline="") as handle:
+        sexist = [row["comment_text"] for row in csv.DictReader(handle) if row["label"] == "1"]
+    # Measured at build time: 0.0% / 0.1% benign, 36.9% / 16.9% (held-out half) positive; the bounds
+    # leave room for changes to normalisation, not for a lexicon that floods or goes quiet.
+    for lexicon, positives, at_least in (("en_hate_ngrams", hate, 0.30), ("zh_sexist_abuse", sexist, 0.12)):
+        assert _hit_rate(lexicon, benign[lexicon]) <= 0.01, lexicon
+        assert _hit_rate(lexicon, positives) >= at_least, lexicon
+
+
+def test_lexicons_and_examples_are_package_data(tmp_path):
+    """A normal (non-editable) install carries the lexicons: build a wheel from a copy and look in it."""
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "bench", "deploy", "tests"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=120)
+    (wheel,) = (tmp_path / "dist").glob("wardgate-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"policies/lexicons/{name}.txt" for name in builtin_lexicons()}
+    shipped |= {f"policies/examples/{path.name}" for path in (ROOT / "policies" / "examples").glob("*")}
+    assert shipped <= names, shipped - names
+    assert "policies/default.yaml" in names
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "DATA.md").is_file(), reason="needs shared/data beside the repository")
+def test_build_reproduces_the_shipped_lexicons(tmp_path):
+    """Same data, same code → the same files; a change to the matcher that moves the rates shows here."""
+    subprocess.run([sys.executable, "-m", "policies.lexicons.build", str(DATA), "--out", str(tmp_path)],
+                   check=True, capture_output=True, cwd=ROOT, timeout=600)
+    for name in ("en_hate_ngrams", "zh_sexist_abuse"):
+        assert (tmp_path / f"{name}.txt").read_bytes() == (SHIPPED / f"{name}.txt").read_bytes(), name
