@@ -99,6 +99,24 @@ def test_shipped_default_policy_validates_and_passes_its_golden_tests():
     assert " 0 failed" in tested.stdout
 
 
+@pytest.mark.parametrize("name", ["strict", "permissive", "per-tenant"])
+def test_shipped_examples_validate_and_pass_their_golden_tests(name):
+    example = str(ROOT / "policies" / "examples" / f"{name}.yaml")
+    validated = run_cli("validate", example)
+    assert validated.returncode == 0, validated.stderr
+    assert f"{example}: valid" in validated.stdout
+    tested = run_cli("test", example)
+    assert tested.returncode == 0, tested.stdout
+    assert " 0 failed" in tested.stdout and "FAIL" not in tested.stdout
+
+
+def test_per_tenant_example_answers_a_block_with_its_refusal():
+    policy = load_policy(ROOT / "policies" / "examples" / "per-tenant.yaml")
+    assert policy.on_block.mode == "refusal" and policy.on_block.message
+    # Its tenant lexicon is read relative to the example, wherever the process runs.
+    assert ROOT / "policies" / "examples" / "acme_codenames.txt" in policy.source_files
+
+
 def test_policy_test_fails_on_a_failing_golden_case(tmp_path):
     path = write(tmp_path, BASE + '  - {text: "a harmless sentence about kill switches", expect: allow}\n')
     result = run_cli("test", str(path))
