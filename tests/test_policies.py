@@ -110,7 +110,7 @@ def test_shipped_examples_validate_and_pass_their_golden_tests(name):
     assert " 0 failed" in tested.stdout and "FAIL" not in tested.stdout
 
 
-def test_per_tenant_example_answers_a_block_with_its_refusal():
+def test_per_tenant_example_refuses_with_a_message_and_reads_its_own_lexicon():
     policy = load_policy(ROOT / "policies" / "examples" / "per-tenant.yaml")
     assert policy.on_block.mode == "refusal" and policy.on_block.message
     # Its tenant lexicon is read relative to the example, wherever the process runs.
