@@ -1,15 +1,28 @@
 """The multi-pattern blacklist: literals and `regex` patterns matched in one pass over normalised text.
 
-The engine never scans pattern by pattern. Every literal, and the longest mandatory literal run
-("atom") of every regex, goes into one Aho-Corasick automaton (pyahocorasick); one pass over the
-text finds all literal hits and tells which regexes can possibly match, and only those run. A regex
-with no extractable atom runs on every text and is listed by `Blacklist.slow_patterns` so that
-`policy validate` can warn about it.
+The engine never scans pattern by pattern:
+
+* Literals that are ASCII words ("bomb", "pipe bomb") are looked up in one set: the text's words
+  (runs of ASCII letters and digits) are cut out with two C-level byte operations and intersected
+  with it. The words of a multi-word literal may be separated by any run of spaces and punctuation
+  ("pipe-bomb", "pipe.bomb", "pipe_bomb", "pipe  bomb"): its longest word goes into the set, and
+  only where that word occurs does a pattern for the whole phrase run.
+* Every other literal (CJK, or with punctuation inside), and the literal atoms of every regex, go
+  into one Aho-Corasick automaton (pyahocorasick); one pass over the text finds them and tells
+  which regexes can possibly match, and only those run. An atom set is a set of strings of which
+  every match of the regex contains one ("(cook|make) meth" → {"cook meth", "make meth"}). A regex
+  with no atom set runs on every text and is listed by `Blacklist.slow_patterns` so that `policy
+  validate` can warn about it.
+
+pyahocorasick looks a character up among a trie node's children one by one, so a node with
+thousands of children (the root, with CJK keys) is slow: ASCII text is scanned with an automaton
+of the ASCII keys only, other text as UTF-8 bytes (at most 256 children a node).
 
 Rules match the output of `filters.normalize`, so the disguises it folds (full-width, homoglyphs,
 zero-width characters, inserted separators, traditional characters) do not hide a term; literals
-and atoms are normalised the same way. Latin literals only match whole words ("ass" does not match
-"class"); CJK literals match anywhere. Spans are reported in the original text as well.
+are normalised the same way, regex atoms folded character by character. Latin literals only match
+whole words ("ass" does not match "class"); CJK literals match anywhere. Spans are reported in the
+original text as well.
 """
 
 from __future__ import annotations
@@ -17,16 +30,22 @@ from __future__ import annotations
 import re
 import re._constants as sre_constants
 import re._parser as sre_parser
+import warnings
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Literal
 
 import ahocorasick
 import regex
 
-from filters.normalize import NormalizedText, normalize
+from filters.normalize import NormalizedText, fold, normalize
 
 Action = Literal["block", "flag", "redact"]
 MIN_ATOM_CHARS = 2
+# An atom set is grown by cross products ("(a|b)(c|d)" → {ac, ad, bc, bd}) up to this many atoms.
+MAX_ATOMS = 64
+# A character class of up to this many characters counts as a choice of literals ("[sz]").
+MAX_CLASS_CHARS = 10
 
 
 class RuleError(ValueError):
@@ -61,49 +80,247 @@ class _CompiledRegex:
     rule: int
     source: str
     pattern: regex.Pattern
-    atom: str | None
+    atoms: frozenset[str] | None
 
 
-@dataclass
-class _Compiled:
-    automaton: ahocorasick.Automaton = field(default_factory=ahocorasick.Automaton)
-    regexes: list[_CompiledRegex] = field(default_factory=list)
+# ---------------------------------------------------------------------------------------------
+# Atoms: what every match of a regex must contain
 
 
-def literal_atom(pattern: str) -> str | None:
-    """The longest run of literal characters every match of `pattern` must contain, or None.
+@dataclass(frozen=True)
+class _Info:
+    """What is known of the strings a piece of a pattern matches: all of them (`exact`), or sets
+    that each of them starts with, ends with, and contains one of."""
 
-    Uses Python's own regex parser; a pattern in `regex`-only syntax it cannot parse has no atom
-    (and is then run on every text)."""
+    exact: frozenset[str] | None = None
+    prefix: frozenset[str] | None = None
+    suffix: frozenset[str] | None = None
+    required: tuple[frozenset[str], ...] = ()
+
+
+_EMPTY = frozenset({""})
+_UNKNOWN = _Info()
+
+
+def literal_atoms(pattern: str) -> frozenset[str] | None:
+    """A set of literal strings such that every match of `pattern` contains one of them, chosen for
+    selectivity (its shortest string as long as possible), or None.
+
+    Uses Python's own regex parser; a pattern in `regex`-only syntax it cannot parse (or parses
+    differently: nested sets, fuzzy matching) has no atoms and is then run on every text."""
     try:
-        parsed = sre_parser.parse(pattern)
-    except (re.error, OverflowError, RecursionError, ValueError):
+        with warnings.catch_warnings():
+            # "Possible nested set" and friends: `regex` reads these differently.
+            warnings.simplefilter("error", FutureWarning)
+            parsed = sre_parser.parse(pattern)
+    except (re.error, FutureWarning, OverflowError, RecursionError, ValueError):
         return None
-    runs: list[str] = []
-    _mandatory_runs(parsed, runs)
-    best = max(runs, key=len, default="")
-    return best if len(best) >= MIN_ATOM_CHARS or (best and not best.isascii()) else None
+    if _has_literal_brace(parsed):
+        return None  # "{e<=1}" is fuzzy matching to `regex`, literal text to `re`
+    info = _sequence(parsed)
+    candidates = list(info.required)
+    if info.exact is not None:
+        candidates.insert(0, info.exact)
+    best, best_score = None, None
+    for candidate in candidates:
+        atoms = _usable(candidate)
+        if atoms is None:
+            continue
+        # Longest shortest atom first; then fewer atoms; then longer ones ("冰毒|海洛因" over "制作|合成").
+        score = (min(map(len, atoms)), -len(atoms), sum(map(len, atoms)))
+        if best_score is None or score > best_score:
+            best, best_score = atoms, score
+    return best
 
 
-def _mandatory_runs(items: sre_parser.SubPattern, runs: list[str]) -> None:
-    current: list[str] = []
+def _usable(candidate: frozenset[str]) -> frozenset[str] | None:
+    """The atoms as the normalised text spells them, without redundant ones, or None when one of
+    them is too short to be selective."""
+    folded = {fold(atom) for atom in candidate}
+    if any(len(atom) < MIN_ATOM_CHARS and (not atom or atom.isascii()) for atom in folded):
+        return None
+    # "kill" makes "killing" redundant: wherever the longer one occurs, so does the shorter.
+    return frozenset(atom for atom in folded if not any(other != atom and other in atom for other in folded))
+
+
+def _has_literal_brace(items: sre_parser.SubPattern) -> bool:
+    for op, value in items:
+        if op is sre_constants.LITERAL and value in (ord("{"), ord("}")):
+            return True
+        for child in _children(op, value):
+            if _has_literal_brace(child):
+                return True
+    return False
+
+
+def _children(op: object, value: object) -> list[sre_parser.SubPattern]:
+    if op is sre_constants.SUBPATTERN:
+        return [value[-1]]
+    if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT):
+        return [value[2]]
+    if op is sre_constants.BRANCH:
+        return list(value[1])
+    if op is sre_constants.ATOMIC_GROUP:
+        return [value]
+    if op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+        return [value[1]]
+    return []
+
+
+def _cross(left: frozenset[str], right: frozenset[str]) -> frozenset[str] | None:
+    if len(left) * len(right) > MAX_ATOMS:
+        return None
+    return frozenset(a + b for a, b in product(left, right))
+
+
+def _power(choices: frozenset[str], times: int) -> frozenset[str] | None:
+    result: frozenset[str] | None = _EMPTY
+    for _ in range(times):
+        result = _cross(result, choices) if result is not None else None
+    return result
+
+
+def _sequence(items: sre_parser.SubPattern) -> _Info:
+    required: list[frozenset[str]] = []
+    run = _EMPTY  # the exact strings matched since the last inexact item
+    exact, prefix = True, None
+    for op, value in items:
+        info = _item(op, value)
+        if info.exact is not None:
+            grown = _cross(run, info.exact)
+            if grown is not None:
+                run = grown
+                continue
+            # Too many combinations: what came before is one candidate, and a new run starts.
+            required.append(run)
+            if exact:
+                exact, prefix = False, run
+            run = info.exact
+            continue
+        joined = _cross(run, info.prefix) if info.prefix is not None else None
+        required.append(run)
+        if joined is not None:
+            required.append(joined)
+        if exact:
+            exact, prefix = False, joined if joined is not None else run
+        required.extend(info.required)
+        run = info.suffix if info.suffix is not None else _EMPTY
+    if exact:
+        return _Info(exact=run, prefix=run, suffix=run)
+    required.append(run)
+    return _Info(prefix=prefix, suffix=run, required=tuple(required))
+
+
+def _item(op: object, value: object) -> _Info:
+    if op is sre_constants.LITERAL:
+        return _exact(frozenset({chr(value)}))
+    if op is sre_constants.IN:
+        chars = _class_chars(value)
+        return _exact(chars) if chars is not None else _UNKNOWN
+    if op in (sre_constants.AT, sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+        return _exact(_EMPTY)  # zero-width: adds nothing, breaks nothing
+    if op is sre_constants.SUBPATTERN:
+        return _sequence(value[-1])
+    if op is sre_constants.ATOMIC_GROUP:
+        return _sequence(value)
+    if op is sre_constants.BRANCH:
+        return _branch([_sequence(alternative) for alternative in value[1]])
+    if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT):
+        return _repeat(value[0], value[1], _sequence(value[2]))
+    return _UNKNOWN  # any character, negated or large classes, back-references, conditionals
+
+
+def _exact(strings: frozenset[str]) -> _Info:
+    return _Info(exact=strings, prefix=strings, suffix=strings)
+
+
+def _class_chars(items: list[tuple[object, object]]) -> frozenset[str] | None:
+    chars: set[str] = set()
     for op, value in items:
         if op is sre_constants.LITERAL:
-            current.append(chr(value))
-            continue
-        runs.append("".join(current))
-        current = []
-        if op is sre_constants.SUBPATTERN:
-            _mandatory_runs(value[-1], runs)
-        elif op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT) and value[0] >= 1:
-            _mandatory_runs(value[2], runs)
-        # Anything else (alternation, classes, optional parts, anchors) breaks the run and adds
-        # nothing mandatory.
-    runs.append("".join(current))
+            chars.add(chr(value))
+        elif op is sre_constants.RANGE and value[1] - value[0] < MAX_CLASS_CHARS:
+            chars.update(map(chr, range(value[0], value[1] + 1)))
+        else:
+            return None  # negation, categories (\d is every Unicode digit), large ranges
+        if len(chars) > MAX_CLASS_CHARS:
+            return None
+    return frozenset(chars)
+
+
+def _branch(alternatives: list[_Info]) -> _Info:
+    if all(info.exact is not None for info in alternatives):
+        union = frozenset().union(*(info.exact for info in alternatives))
+        if len(union) <= MAX_ATOMS:
+            return _exact(union)
+
+    def union_of(sets: list[frozenset[str] | None]) -> frozenset[str] | None:
+        if any(s is None or "" in s for s in sets):
+            return None
+        union = frozenset().union(*sets)
+        return union if len(union) <= MAX_ATOMS else None
+
+    # Every match goes through one alternative: one candidate from each makes a candidate.
+    best = []
+    for info in alternatives:
+        options = [s for s in (info.exact, *info.required) if s is not None and _usable(s) is not None]
+        best.append(max(options, key=lambda s: (min(map(len, s)), -len(s)), default=None))
+    required = union_of(best)
+    return _Info(
+        prefix=union_of([info.prefix for info in alternatives]),
+        suffix=union_of([info.suffix for info in alternatives]),
+        required=(required,) if required is not None else (),
+    )
+
+
+def _repeat(low: int, high: int, info: _Info) -> _Info:
+    if high == 0:
+        return _exact(_EMPTY)
+    if low == 0:
+        if high == 1 and info.exact is not None and len(info.exact) < MAX_ATOMS:
+            return _exact(info.exact | _EMPTY)
+        return _UNKNOWN
+    if info.exact is None:
+        return _Info(prefix=info.prefix, suffix=info.suffix, required=info.required)  # at least once
+    if low == high:
+        repeated = _power(info.exact, low)
+        if repeated is not None:
+            return _exact(repeated)
+    # Starts and ends with as many repetitions as fit in an atom set.
+    times = low
+    while times > 1 and _power(info.exact, times) is None:
+        times -= 1
+    repeated = _power(info.exact, times)
+    if repeated is None:
+        return _UNKNOWN
+    return _Info(prefix=repeated, suffix=repeated, required=(repeated,))
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
 
 
 def _is_word_char(char: str) -> bool:
     return char.isascii() and char.isalnum()
+
+
+# Bytes of the UTF-8 text that belong to words (ASCII letters and digits) stay, others become spaces.
+_WORD_BYTES = bytes(byte if chr(byte).isascii() and chr(byte).isalnum() else ord(" ") for byte in range(256))
+_WORDS_LITERAL = re.compile(r"[a-z0-9]+(?:\s+[a-z0-9]+)*")
+
+
+@dataclass
+class _Compiled:
+    # Word literals: word → ("literal", rule index) | ("phrase", phrase index)
+    words: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)
+    word_set: frozenset[bytes] = frozenset()
+    phrases: list[tuple[int, regex.Pattern]] = field(default_factory=list)
+    # Other literals and regex atoms: automata over ASCII text and over UTF-8 bytes.
+    ascii_automaton: ahocorasick.Automaton = field(default_factory=ahocorasick.Automaton)
+    bytes_automaton: ahocorasick.Automaton = field(default_factory=ahocorasick.Automaton)
+    regexes: list[_CompiledRegex] = field(default_factory=list)
+    always: list[int] = field(default_factory=list)  # regexes without atoms
+    word_patterns: dict[bytes, re.Pattern] = field(default_factory=dict)
 
 
 class Blacklist:
@@ -125,52 +342,110 @@ class Blacklist:
                 key = normalize(literal).text
                 if not key:
                     raise RuleError(f"rule {rule.id}: literal {literal!r} is empty once normalised")
-                keys.setdefault(key, []).append(("literal", index))
-                # A phrase spelled out letter by letter ("p i p e b o m b") normalises without its
-                # word gaps: match that form too.
-                if " " in key:
-                    keys.setdefault(key.replace(" ", ""), []).append(("literal", index))
+                if _WORDS_LITERAL.fullmatch(key):
+                    self._add_words(compiled, key.split(), index)
+                else:
+                    keys.setdefault(key, []).append(("literal", index))
             for source in rule.regexes:
                 try:
                     pattern = regex.compile(source, regex.IGNORECASE | regex.V1)
                 except regex.error as exc:
                     raise RuleError(f"rule {rule.id}: invalid regex {source!r}: {exc}") from None
-                atom = literal_atom(source)
-                atom_key = normalize(atom).text if atom else None
-                compiled.regexes.append(_CompiledRegex(index, source, pattern, atom_key or None))
-                if atom_key:
-                    keys.setdefault(atom_key, []).append(("regex", len(compiled.regexes) - 1))
-        for key, payloads in keys.items():
-            compiled.automaton.add_word(key, (key, payloads))
-        if keys:
-            compiled.automaton.make_automaton()
+                atoms = literal_atoms(source)
+                compiled.regexes.append(_CompiledRegex(index, source, pattern, atoms))
+                if atoms is None:
+                    compiled.always.append(len(compiled.regexes) - 1)
+                for atom in atoms or ():
+                    keys.setdefault(atom, []).append(("regex", len(compiled.regexes) - 1))
+        compiled.word_set = frozenset(compiled.words)
+        for key in sorted(keys):  # sorted: the automata do not depend on the order of the rules
+            value = (len(key), keys[key])
+            if key.isascii():
+                compiled.ascii_automaton.add_word(key, value)
+            compiled.bytes_automaton.add_word(key.encode("utf-8", "surrogatepass").decode("latin-1"), value)
+        for automaton in (compiled.ascii_automaton, compiled.bytes_automaton):
+            if len(automaton):
+                automaton.make_automaton()
         return compiled
+
+    @staticmethod
+    def _add_words(compiled: _Compiled, words: list[str], rule_index: int) -> None:
+        if len(words) == 1:
+            compiled.words.setdefault(words[0].encode(), []).append(("literal", rule_index))
+            return
+        # A phrase: its longest word gates a pattern with any separators between the words; spelled
+        # out letter by letter ("p i p e b o m b") it normalises to one word, matched as such.
+        gap = r"[\p{P}\p{S}\s]+"
+        pattern = regex.compile(r"(?<![a-z0-9])" + gap.join(words) + r"(?![a-z0-9])")
+        compiled.phrases.append((rule_index, pattern))
+        gate = max(words, key=len).encode()
+        compiled.words.setdefault(gate, []).append(("phrase", len(compiled.phrases) - 1))
+        compiled.words.setdefault("".join(words).encode(), []).append(("literal", rule_index))
 
     @property
     def slow_patterns(self) -> list[tuple[str, str]]:
-        """(rule id, pattern) of every regex without a literal atom: it runs on every text."""
-        return [(self.rules[r.rule].id, r.source) for r in self._compiled.regexes if r.atom is None]
+        """(rule id, pattern) of every regex without literal atoms: it runs on every text."""
+        return [(self.rules[r.rule].id, r.source) for r in self._compiled.regexes if r.atoms is None]
 
     def scan(self, text: str | NormalizedText) -> list[Match]:
         normalized = text if isinstance(text, NormalizedText) else normalize(text)
         folded = normalized.text
+        compiled = self._compiled
         matches: list[Match] = []
-        candidate_regexes = {index for index, r in enumerate(self._compiled.regexes) if r.atom is None}
-        if self._compiled.automaton.kind == ahocorasick.AHOCORASICK:
-            for end, (key, payloads) in self._compiled.automaton.iter(folded):
-                start = end - len(key) + 1
-                for kind, index in payloads:
-                    if kind == "regex":
-                        candidate_regexes.add(index)
-                    elif _whole_word(folded, start, end + 1, key):
-                        matches.append(self._match(index, normalized, start, end + 1))
-        for index in sorted(candidate_regexes):
-            compiled = self._compiled.regexes[index]
-            for hit in compiled.pattern.finditer(folded):
+        candidates = set(compiled.always)
+        encoded = folded.encode("utf-8", "surrogatepass")
+        words = encoded.translate(_WORD_BYTES).split()
+        if not compiled.word_set.isdisjoint(words):
+            for word in compiled.word_set.intersection(words):
+                for kind, index in compiled.words[word]:
+                    if kind == "literal":
+                        for hit in self._word_pattern(word).finditer(folded):
+                            matches.append(self._match(index, normalized, hit.start(), hit.end()))
+                    else:
+                        rule_index, pattern = compiled.phrases[index]
+                        for hit in pattern.finditer(folded):
+                            matches.append(self._match(rule_index, normalized, hit.start(), hit.end()))
+        for start, end, payloads in self._automaton_hits(folded, encoded):
+            for kind, index in payloads:
+                if kind == "regex":
+                    candidates.add(index)
+                elif _whole_word(folded, start, end):
+                    matches.append(self._match(index, normalized, start, end))
+        for index in sorted(candidates):
+            compiled_regex = compiled.regexes[index]
+            for hit in compiled_regex.pattern.finditer(folded):
                 if hit.end() > hit.start():
-                    matches.append(self._match(compiled.rule, normalized, hit.start(), hit.end()))
+                    matches.append(self._match(compiled_regex.rule, normalized, hit.start(), hit.end()))
         kept = [match for match in matches if not self._allowed(match, folded)]
         return sorted(kept, key=lambda match: (match.start, match.end, match.rule_id))
+
+    def _automaton_hits(self, folded: str, encoded: bytes) -> list[tuple[int, int, list[tuple[str, int]]]]:
+        """(start, end, payloads) of every automaton key in `folded`, in characters."""
+        if folded.isascii():
+            automaton = self._compiled.ascii_automaton
+            if not len(automaton):
+                return []
+            return [(end + 1 - length, end + 1, payloads)
+                    for end, (length, payloads) in automaton.iter(folded)]
+        automaton = self._compiled.bytes_automaton
+        if not len(automaton):
+            return []
+        hits = list(automaton.iter(encoded.decode("latin-1")))
+        # Byte offsets → character offsets, in one pass over the hits in order. A key is whole
+        # UTF-8 characters, and UTF-8 never matches in the middle of a character.
+        result, chars, last = [], 0, 0
+        for byte_end, (length, payloads) in hits:
+            chars += len(encoded[last:byte_end + 1].decode("utf-8", "surrogatepass"))
+            last = byte_end + 1
+            result.append((chars - length, chars, payloads))
+        return result
+
+    def _word_pattern(self, word: bytes) -> re.Pattern:
+        pattern = self._compiled.word_patterns.get(word)
+        if pattern is None:
+            pattern = re.compile(r"(?<![a-z0-9])" + word.decode() + r"(?![a-z0-9])")
+            self._compiled.word_patterns[word] = pattern
+        return pattern
 
     def _match(self, rule_index: int, normalized: NormalizedText, start: int, end: int) -> Match:
         rule = self.rules[rule_index]
@@ -189,8 +464,8 @@ class Blacklist:
         return False
 
 
-def _whole_word(text: str, start: int, end: int, key: str) -> bool:
+def _whole_word(text: str, start: int, end: int) -> bool:
     """Latin terms match whole words only; CJK terms anywhere."""
-    if _is_word_char(key[0]) and start > 0 and _is_word_char(text[start - 1]):
+    if _is_word_char(text[start]) and start > 0 and _is_word_char(text[start - 1]):
         return False
-    return not (_is_word_char(key[-1]) and end < len(text) and _is_word_char(text[end]))
+    return not (_is_word_char(text[end - 1]) and end < len(text) and _is_word_char(text[end]))

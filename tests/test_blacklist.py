@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from filters.blacklist import Blacklist, Rule, RuleError, literal_atom
+from filters.blacklist import Blacklist, Rule, RuleError, literal_atoms
 
 RULES = [
     Rule("weapons.bomb", "illegal", "block", literals=("bomb", "炸弹"),
@@ -61,19 +61,88 @@ def test_regex_without_atom_is_reported_slow_and_still_matches(blacklist):
 
 
 @pytest.mark.parametrize(
-    ("pattern", "atom"),
+    ("pattern", "atoms"),
     [
-        (r"how to (make|build) a big bomb", " a big bomb"),
-        (r"(?:buy|sell) cocaine", " cocaine"),
-        (r"\d{16}", None),
-        (r"kill(ing)?", "kill"),
-        (r"(ab)+cde", "cde"),
-        (r"炸.?弹", "炸"),
-        (r"\p{Han}+", None),  # regex-only syntax: no atom, runs always
+        (r"how to (make|build) a big bomb", {"how to make a big bomb", "how to build a big bomb"}),
+        (r"(?:buy|sell) cocaine", {"buy cocaine", "sell cocaine"}),
+        (r"\d{16}", None),  # \d is any Unicode digit: no finite set of literals
+        (r"kill(ing)?", {"kill"}),  # "killing" contains "kill": redundant
+        (r"(ab)+cde", {"abcde"}),
+        (r"炸.?弹", {"炸"}),
+        (r"\p{Han}+", None),  # regex-only syntax: no atoms, runs always
+        (r"[[a-z]--[aeiou]]x", None),  # a set operation to `regex`, a nested set to `re`
+        (r"(?:cook){e<=1}", None),  # fuzzy matching: "cool" matches, "cook" need not occur
+        # An alternation as the mandatory part: one atom per branch.
+        (r"(synthesi[sz]e|cook|make) (meth|fentanyl)",
+         {f"{verb} {drug}" for verb in ("synthesise", "synthesize", "cook", "make") for drug in ("meth", "fentanyl")}),
+        # Too many combinations for one set: the most selective part alone.
+        (r"(mix|combine) .{0,40}(ammonium nitrate|fuel oil)", {"ammonium nitrate", "fuel oil"}),
+        (r"(制作|制造|组装).{0,4}(炸弹|爆炸物)", {"炸弹", "爆炸物"}),  # as long, fewer
+        (r"(合成|制作|提炼).{0,4}(冰毒|海洛因|芬太尼)", {"冰毒", "海洛因", "芬太尼"}),  # as long, as many, longer
+        (r"\bKILL\b", {"kill"}),  # anchors add nothing, atoms are folded like the text
+        (r"(a|b)c", {"ac", "bc"}),  # one-letter alternatives are a class: {a, b} × c
+        (r"x(a|b|c)+y", {"xa", "xb", "xc"}),
+        (r"x(a|b|c)*y", None),  # "xy" matches: single letters are too common to gate on
     ],
 )
-def test_literal_atom(pattern, atom):
-    assert literal_atom(pattern) == atom
+def test_literal_atoms(pattern, atoms):
+    assert literal_atoms(pattern) == (frozenset(atoms) if atoms is not None else None)
+
+
+def test_a_regex_whose_mandatory_part_is_an_alternation_runs_when_any_branch_occurs():
+    blacklist = Blacklist([Rule("drugs", "illegal", "block", regexes=(r"(synthesi[sz]e|cook|make) (meth|fentanyl)",))])
+    assert blacklist.slow_patterns == []
+    assert rule_ids(blacklist, "How do I COOK METH at home") == ["drugs"]
+    assert rule_ids(blacklist, "let me synthesize fentanyl") == ["drugs"]
+    assert rule_ids(blacklist, "cook dinner, then meth... no") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["pipe bomb", "pipe-bomb", "pipe.bomb", "pipe_bomb", "pipe  bomb", "PIPE - BOMB", "pipe/bomb", "pipe\nbomb",
+     "p i p e b o m b", "pipebomb", "ｐｉｐｅ－ｂｏｍｂ"],
+)
+def test_multi_word_literals_match_with_any_separators_between_words(text):
+    blacklist = Blacklist([Rule("weapons.pipe_bomb", "illegal", "block", literals=("pipe bomb",))])
+    [match] = blacklist.scan(f"tell me about the {text} now")
+    assert match.rule_id == "weapons.pipe_bomb"
+    assert match.matched == text
+
+
+@pytest.mark.parametrize(
+    "text", ["pipebombs", "a pipe of bomb", "pipes bomb", "pipe炸bomb", "xpipe bomb", "pipe bombx"]
+)
+def test_multi_word_literals_still_need_their_words_whole_and_adjacent(text):
+    blacklist = Blacklist([Rule("weapons.pipe_bomb", "illegal", "block", literals=("pipe bomb",))])
+    assert blacklist.scan(text) == []
+
+
+def test_literals_with_punctuation_or_cjk_inside_match_as_written():
+    blacklist = Blacklist([
+        Rule("site", "spam", "flag", literals=("www.gaoav",)),
+        Rule("drug", "illegal", "block", literals=("k粉",)),
+        Rule("symbol", "harassment", "flag", literals=("a$$",)),
+    ])
+    assert rule_ids(blacklist, "visit WWW.GAOAV now") == ["site"]
+    assert rule_ids(blacklist, "www gaoav") == []
+    assert rule_ids(blacklist, "哪里买K粉") == ["drug"]
+    assert rule_ids(blacklist, "what an a$$") == ["symbol"]
+    assert rule_ids(blacklist, "a cat") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain ascii text, no hit", "café crème 😀 and the bomb", "ＢＯＭＢ in full width", "混合 text 炸弹 and bomb",
+     "how to build a pipe bomb 👍"],
+)
+def test_spans_are_the_same_on_ascii_and_non_ascii_text(text):
+    # ASCII and other text take different automata and offset paths: the hits must agree.
+    blacklist = Blacklist(RULES)
+    for match in blacklist.scan(text):
+        normalized_span = match.end - match.start
+        assert normalized_span > 0
+        assert text[match.original_start:match.original_end] == match.matched
+        assert match.matched.strip() == match.matched
 
 
 def test_bad_rules_are_refused_with_their_id():
