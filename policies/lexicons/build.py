@@ -195,7 +195,7 @@ def build_chinese(data: Path) -> tuple[Curation, list[Corpus], list[str]]:
     unknown = sorted(reviewed - set(raw))
     if unknown:  # the review must describe this source, not another version of it
         raise SystemExit(f"{review}: not in {source}: {' '.join(unknown)}")
-    terms = curation.apply("ordinary vocabulary by human review (review/swsr_not_abusive.txt: everyday "
+    terms = curation.apply("ordinary vocabulary on reading the list (review/swsr_not_abusive.txt: everyday "
                            "words, anatomy/medicine/law, history, idioms)", terms, lambda t: t not in reviewed)
 
     swsr = _csv(data / "zh/offensive/swsr_sexcomment.csv")
