@@ -13,7 +13,7 @@ import secrets
 from starlette.types import Scope
 
 from gateway.config import ApiKey
-from gateway.errors import INVALID_API_KEY, MISSING_API_KEY, GatewayError
+from gateway.errors import ADMIN_FORBIDDEN, ADMIN_UNAUTHORIZED, INVALID_API_KEY, MISSING_API_KEY, GatewayError
 
 ANONYMOUS_TENANT = "default"
 
@@ -42,6 +42,7 @@ class Authenticator:
 
     def __init__(self, keys: list[ApiKey]) -> None:
         self.keys_by_hash = {key.sha256: key for key in keys}
+        self.has_admin_key = any(key.role == "admin" for key in keys)
 
     def authenticate(self, scope: Scope) -> None:
         state = scope["state"]
@@ -58,3 +59,14 @@ class Authenticator:
         state["key_id"] = key.id
         state["role"] = key.role
         scope["headers"] = [(name, value) for name, value in scope["headers"] if name != b"authorization"]
+
+    def authenticate_admin(self, scope: Scope) -> None:
+        """Admin endpoints need a key with `role: admin`; with none configured they stay closed."""
+        if not self.has_admin_key:
+            raise GatewayError(ADMIN_UNAUTHORIZED, "Admin endpoints are closed: no API key has `role: admin`.")
+        try:
+            self.authenticate(scope)
+        except GatewayError:
+            raise GatewayError(ADMIN_UNAUTHORIZED) from None
+        if scope["state"]["role"] != "admin":
+            raise GatewayError(ADMIN_FORBIDDEN)

@@ -121,10 +121,19 @@ INVALID_API_KEY = _register(ErrorKind(
 
 ADMIN_UNAUTHORIZED = _register(ErrorKind(
     "WG3003", "admin_unauthorized", 401, "authentication_error",
-    "This admin endpoint needs the admin token: send `Authorization: Bearer <token>`.",
-    "An admin endpoint (such as the model server's `POST /admin/model`) was called without the "
-    "configured admin token, or with a wrong one.",
-    "Send the admin token configured with `--admin-token` / `WARDGATE_MODEL_SERVER_ADMIN_TOKEN`.",
+    "This admin endpoint needs an admin credential: send `Authorization: Bearer <key>`.",
+    "An admin endpoint was called without a valid admin credential: the gateway's `GET /admin/policy` "
+    "without a key, with an unknown key, or on a gateway where no key has `role: admin` (admin "
+    "endpoints are closed until one is configured); the model server's `POST /admin/model` without "
+    "its admin token or with a wrong one.",
+    "Gateway: configure a key with `role: admin` in `api_keys` and send it. Model server: send the "
+    "token configured with `--admin-token` / `WARDGATE_MODEL_SERVER_ADMIN_TOKEN`.",
+))
+ADMIN_FORBIDDEN = _register(ErrorKind(
+    "WG3004", "admin_forbidden", 403, "permission_error",
+    "This API key may not use admin endpoints.",
+    "The key is valid but its `role` is `user`; admin endpoints need a key with `role: admin`.",
+    "Use an admin key, or give this key `role: admin` in the `api_keys` setting.",
 ))
 
 INVALID_JSON = _register(ErrorKind(
