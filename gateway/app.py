@@ -17,13 +17,13 @@ from starlette.responses import Response
 
 from gateway.auth import Authenticator
 from gateway.config import Settings
-from gateway.enforcement import Enforcer
 from gateway.errors import INTERNAL_ERROR, GatewayError, error_response, on_http_exception
 from gateway.limits import AdmissionControl
+from gateway.policy_reload import PolicyManager
 from gateway.routes import OpenAIProxy, Probes, build_routes
 from gateway.telemetry import Metrics, RequestTelemetry
 from gateway.upstream import UpstreamClient
-from policies.schema import Policy, load_policy
+from policies.history import PolicyHistory
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -36,23 +36,27 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 DEFAULT_POLICY = Path(str(files("policies").joinpath("default.yaml")))
 
 
-def load_active_policy(setting: str) -> Policy | None:
-    """`default` = the shipped policy, `none` = no inspection, anything else a policy file.
-    Raises PolicyError (file:line) for a policy that cannot be used."""
+def policy_path(setting: str) -> Path | None:
+    """`default` = the shipped policy, `none` = no inspection, anything else a policy file."""
     if setting == "none":
         return None
-    return load_policy(DEFAULT_POLICY if setting == "default" else Path(setting))
+    return DEFAULT_POLICY if setting == "default" else Path(setting)
 
 
 def create_app(settings: Settings) -> Starlette:
+    """Raises PolicyError (file:line) when the configured policy cannot be used."""
     metrics = Metrics()
     upstream = UpstreamClient(settings)
-    policy = load_active_policy(settings.policy)
-    enforcer = Enforcer(policy) if policy is not None else None
+    path = policy_path(settings.policy)
+    policies = None
+    if path is not None:
+        policies = PolicyManager(path, metrics, PolicyHistory(settings.policy_history_path), settings.policy_poll_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await upstream.start()
+        if policies is not None:
+            await policies.start()
         # Everything allocated so far lives as long as the process: keep it out of every future
         # collection (fewer, shorter GC pauses; the proxy's p99 showed them).
         gc.collect()
@@ -62,6 +66,8 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            if policies is not None:
+                await policies.stop()
             await upstream.close()
 
     admission = AdmissionControl(
@@ -71,7 +77,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics=metrics,
     )
     routes = build_routes(
-        OpenAIProxy(upstream, settings, enforcer), Probes(upstream, metrics), Authenticator(settings.api_keys),
+        OpenAIProxy(upstream, settings, policies), Probes(upstream, metrics), Authenticator(settings.api_keys),
         admission,
     )
     return Starlette(

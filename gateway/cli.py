@@ -12,6 +12,8 @@ import click
 from gateway.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from gateway.pipeline import Pipeline
+    from policies.history import PolicyHistory
     from policies.schema import Policy
 
 
@@ -46,14 +48,11 @@ def serve(config_file: Path | None, **options: object) -> None:
 
     settings = _settings_or_exit(config_file, options)
     configure_logging(settings.log_level)
-    from gateway.app import load_active_policy
-    from policies.schema import PolicyError
+    from gateway.app import policy_path
 
-    try:
-        load_active_policy(settings.policy)  # refuse a broken policy before starting anything
-    except PolicyError as exc:
-        click.echo(f"wardgate: invalid policy:\n{exc}", err=True)
-        sys.exit(2)
+    path = policy_path(settings.policy)
+    if path is not None:
+        _check_policy_or_exit(path)  # refuse a broken policy before starting anything
     bundled = None
     if settings.upstream is None:
         from gateway.bundled_model import BundledModelError, start_bundled_model_server
@@ -71,6 +70,22 @@ def serve(config_file: Path | None, **options: object) -> None:
             from gateway.bundled_model import stop
 
             stop(bundled)
+
+
+def _check_policy_or_exit(path: Path) -> None:
+    import asyncio
+
+    from gateway.policy_reload import failed_golden_tests, prepare
+    from policies.schema import PolicyError
+
+    try:
+        failures = asyncio.run(failed_golden_tests(prepare(path)))
+    except PolicyError as exc:
+        click.echo(f"wardgate: invalid policy:\n{exc}", err=True)
+        sys.exit(2)
+    if failures:
+        click.echo("wardgate: policy refused:\n" + "\n".join(failures), err=True)
+        sys.exit(2)
 
 
 def _run_gateway(settings: Settings) -> None:
@@ -163,11 +178,12 @@ def policy() -> None:
     """Validate and test policy files."""
 
 
-def _policy_or_exit(path: Path) -> Policy:
-    from policies.schema import PolicyError, load_policy
+def _pipeline_or_exit(path: Path) -> Pipeline:
+    from gateway.pipeline import load_pipeline
+    from policies.schema import PolicyError
 
     try:
-        return load_policy(path)
+        return load_pipeline(path)
     except PolicyError as exc:
         click.echo(f"wardgate: invalid policy:\n{exc}", err=True)
         sys.exit(2)
@@ -177,21 +193,10 @@ def _policy_or_exit(path: Path) -> Policy:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def policy_validate(file: Path) -> None:
     """Check FILE against the schema and compile its patterns; warn about slow regexes."""
-    from gateway.pipeline import BlacklistInspector
-    from policies.schema import BlacklistStage
-
-    loaded = _policy_or_exit(file)
-    stage_lists = [loaded.input.stages, loaded.output.stages] + [
-        direction.stages
-        for override in [*loaded.overrides.tenants.values(), *loaded.overrides.routes.values()]
-        for direction in (override.input, override.output) if direction is not None
-    ]
-    for stages in stage_lists:
-        for stage in stages:
-            if isinstance(stage, BlacklistStage):
-                for rule_id, pattern in BlacklistInspector(stage).blacklist.slow_patterns:
-                    click.echo(f"warning: rule {rule_id}: regex {pattern!r} has no literal atom: it runs on every text")
-    click.echo(f"{file}: valid (version {loaded.version}, {len(loaded.tests)} golden tests)")
+    pipeline = _pipeline_or_exit(file)
+    for rule_id, pattern in pipeline.slow_patterns():
+        click.echo(f"warning: rule {rule_id}: regex {pattern!r} has no literal atom: it runs on every text")
+    click.echo(f"{file}: valid (version {pipeline.policy.version}, {len(pipeline.policy.tests)} golden tests)")
 
 
 @policy.command("test")
@@ -200,21 +205,166 @@ def policy_test(file: Path) -> None:
     """Run FILE's golden tests; exit 1 if any fails."""
     import asyncio
 
-    from gateway.pipeline import run_golden_tests
+    from gateway.pipeline import golden_failures
 
-    loaded = _policy_or_exit(file)
-    results = asyncio.run(run_golden_tests(loaded))
-    width = max([len("expected"), *(len(r.test.expect) + len(r.test.rule or "") + 1 for r in results)])
+    pipeline = _pipeline_or_exit(file)
+    results = asyncio.run(pipeline.run_golden_tests())
+    width = max([len("expected"), *(max(len(r.expected), len(r.got)) for r in results)])
     click.echo(f"{'result':<6}  {'direction':<9}  {'expected':<{width}}  {'got':<{width}}  text")
     for result in results:
-        expected = result.test.expect + (f" {result.test.rule}" if result.test.rule else "")
-        got = result.verdict.action + (f" {result.verdict.rule_id}" if result.verdict.rule_id else "")
         text = result.test.text if len(result.test.text) <= 40 else result.test.text[:37] + "..."
         status = "ok" if result.passed else "FAIL"
-        click.echo(f"{status:<6}  {result.test.direction:<9}  {expected:<{width}}  {got:<{width}}  {text}")
-    failed = sum(not result.passed for result in results)
-    click.echo(f"{len(results) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+        direction = result.test.direction
+        click.echo(f"{status:<6}  {direction:<9}  {result.expected:<{width}}  {result.got:<{width}}  {text}")
+    failures = golden_failures(results, pipeline.policy)
+    for failure in failures:
+        click.echo(failure, err=True)
+    click.echo(f"{len(results) - len(failures)} passed, {len(failures)} failed")
+    sys.exit(1 if failures else 0)
+
+
+_CONFIG_OPTION = click.option(
+    "--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="WARDGATE_CONFIG",
+    help="The gateway's config file, for its state_dir (env WARDGATE_CONFIG).")
+_STATE_DIR_OPTION = click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="The gateway's state directory (default: from the config, else $XDG_STATE_HOME/wardgate).")
+
+
+def _history(config_file: Path | None, state_dir: Path | None) -> PolicyHistory:
+    from policies.history import PolicyHistory
+
+    return PolicyHistory(_settings_or_exit(config_file, {"state_dir": state_dir}).policy_history_path)
+
+
+def _exit_on_history_error(exc: object) -> None:
+    click.echo(f"wardgate: {exc}", err=True)
+    sys.exit(2)
+
+
+@policy.command("history")
+@_CONFIG_OPTION
+@_STATE_DIR_OPTION
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+def policy_history(config_file: Path | None, state_dir: Path | None, limit: int) -> None:
+    """List policy activations, refusals and rollbacks, newest first."""
+    from datetime import UTC, datetime
+
+    from policies.history import HistoryError
+
+    history = _history(config_file, state_dir)
+    try:
+        events = history.events(limit)
+    except HistoryError as exc:
+        _exit_on_history_error(exc)
+    if not events:
+        click.echo(f"no policy history yet in {history.path}")
+        return
+    click.echo(f"{'at (UTC)':<19}  {'event':<9}  {'version':<20}  {'digest':<12}  reason")
+    for event in events:
+        at = datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        reason = event.reason.splitlines()[0] if event.reason else ""
+        click.echo(f"{at:<19}  {event.event:<9}  {event.version or '-':<20}  {(event.digest or '-')[:12]:<12}  "
+                   f"{reason or event.policy_path}")
+
+
+@policy.command("diff")
+@click.argument("old")
+@click.argument("new")
+@_CONFIG_OPTION
+@_STATE_DIR_OPTION
+def policy_diff(old: str, new: str, config_file: Path | None, state_dir: Path | None) -> None:
+    """What changed from OLD to NEW: each a policy file, or a version (or digest prefix) from the
+    history. Exit status 0: no difference, 1: differences, 2: an error."""
+    import tempfile
+
+    from policies.diff import diff_policies
+
+    with tempfile.TemporaryDirectory() as scratch:
+        before, after = (_policy_from_file_or_history(name, Path(scratch) / label, config_file, state_dir)
+                         for name, label in ((old, "old"), (new, "new")))
+    lines = diff_policies(before, after)
+    for line in lines:
+        click.echo(line)
+    if not lines:
+        click.echo("no differences")
+    sys.exit(1 if lines else 0)
+
+
+def _policy_from_file_or_history(name: str, scratch: Path, config_file: Path | None,
+                                 state_dir: Path | None) -> Policy:
+    from policies.history import HistoryError, materialize
+
+    path = Path(name)
+    if not path.is_file():
+        try:
+            path = materialize(_history(config_file, state_dir).version(name), scratch)
+        except HistoryError as exc:
+            _exit_on_history_error(f"{name!r} is neither a policy file nor a version in the history: {exc}")
+    return _pipeline_or_exit(path).policy
+
+
+@policy.command("rollback")
+@click.argument("version", required=False)
+@_CONFIG_OPTION
+@_STATE_DIR_OPTION
+@click.option("--print", "print_only", is_flag=True,
+              help="Print the stored policy file instead of restoring it (for a read-only file, e.g. a ConfigMap).")
+def policy_rollback(version: str | None, config_file: Path | None, state_dir: Path | None, print_only: bool) -> None:
+    """Restore a past policy version (default: the one active before the current one) into its
+    files; a running gateway picks it up like any edit, after validating it again."""
+    import asyncio
+    import tempfile
+
+    from gateway.pipeline import golden_failures
+    from policies.history import HistoryError, materialize
+
+    history = _history(config_file, state_dir)
+    try:
+        target = history.version(version) if version else history.previous_version()
+    except HistoryError as exc:
+        _exit_on_history_error(exc)
+    if print_only:
+        click.echo(target.files[str(target.policy_path)], nl=False)
+        return
+    with tempfile.TemporaryDirectory() as scratch:  # check it still passes before touching anything
+        pipeline = _pipeline_or_exit(materialize(target, Path(scratch)))
+        failures = golden_failures(asyncio.run(pipeline.run_golden_tests()), pipeline.policy)
+    if failures:
+        click.echo(f"wardgate: version {target.version} fails its golden tests now:\n" + "\n".join(failures), err=True)
+        sys.exit(2)
+    try:
+        _restore_files(target.files, target.policy_path)
+        history.record_rollback(target, "restored by `wardgate policy rollback`")
+    except OSError as exc:
+        click.echo(f"wardgate: cannot restore {target.policy_path}: {exc}\nIf the file is read-only (a "
+                   f"ConfigMap), restore it there; `wardgate policy rollback {target.version} --print` prints it.",
+                   err=True)
+        sys.exit(1)
+    except HistoryError as exc:
+        _exit_on_history_error(exc)
+    click.echo(f"restored {target.policy_path} to version {target.version} ({target.digest[:12]}); "
+               "a running gateway activates it within a second (see GET /admin/policy)")
+
+
+def _restore_files(stored: dict[str, str], policy_file: Path) -> None:
+    """Write back the stored files, each atomically, the policy file last so that a watching
+    gateway sees its lexicons first. Shipped (builtin) lexicons belong to the package: never written."""
+    from importlib.resources import files
+
+    builtin_dir = Path(str(files("policies").joinpath("lexicons"))).resolve()
+    for name in sorted(stored, key=lambda name: name == str(policy_file)):
+        path = Path(name)
+        if path.resolve().is_relative_to(builtin_dir):
+            if not path.is_file() or path.read_text(encoding="utf-8") != stored[name]:
+                click.echo(f"warning: shipped lexicon {path.name} differs from the stored version", err=True)
+            continue
+        temporary = path.with_name(f".{path.name}.rollback-{os.getpid()}")
+        try:
+            temporary.write_bytes(stored[name].encode("utf-8"))
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 @main.group()

@@ -7,6 +7,7 @@ such as `api_keys` as JSON). Errors name the file, the line and the field.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,10 @@ class ApiKey(BaseModel):
         return value
 
 
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "wardgate"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WARDGATE_", extra="forbid", validate_default=True)
 
@@ -71,7 +76,16 @@ class Settings(BaseSettings):
     policy: str = Field(
         "default", description="Policy file; `default` = the shipped policies/default.yaml, `none` = no inspection"
     )
+    policy_poll_s: float = Field(0.25, gt=0, description="How often the policy files are checked for changes")
+    state_dir: Path = Field(
+        default_factory=lambda: _default_state_dir(),
+        description="Where local state lives (policy history); default $XDG_STATE_HOME/wardgate",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def policy_history_path(self) -> Path:
+        return self.state_dir / "policy-history.sqlite3"
 
     @field_validator("upstream")
     @classmethod

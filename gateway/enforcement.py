@@ -4,14 +4,15 @@ Input: every text of the request (message contents, prompts) goes through the in
 anything is forwarded. Block → WG1001 (or, with `on_block: refusal`, a normal completion carrying
 the refusal message); redact → the request is forwarded with the matched spans masked; flag → it
 passes and the verdict is logged. Output: the same for the completion's texts, WG1002 on a block.
-Streams are checked event by event on the recent text before each event is released (see
-`StreamChecker`).
+Streams are checked as they arrive and the most recent text is held back until it has been checked
+with what follows (see `StreamChecker`).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
 
 import orjson
 from pydantic import BaseModel
@@ -21,7 +22,7 @@ from gateway.errors import POLICY_BLOCKED_INPUT, POLICY_BLOCKED_OUTPUT, GatewayE
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.pipeline import ALLOW, Context, Pipeline, Verdict
 from gateway.streaming import RawResponse
-from policies.schema import Direction, Policy
+from policies.schema import Direction, policy_digest
 
 # A streamed completion is re-checked on its last characters only: enough for any term split
 # across events, without rescanning the whole answer at every event.
@@ -29,9 +30,10 @@ STREAM_CHECK_TAIL_CHARS = 2048
 
 
 class Enforcer:
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-        self.pipeline = Pipeline(policy)
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.policy = pipeline.policy
+        self.pipeline = pipeline
+        self.digest = policy_digest(pipeline.policy)
 
     async def verdicts(self, texts: list[str], scope: Scope, direction: Direction) -> list[Verdict]:
         state = scope["state"]
@@ -81,25 +83,56 @@ class Enforcer:
 
 
 class StreamChecker:
-    """Checks a streamed completion as it grows: the text of each batch of events, with the text
-    before it, is inspected before the events are released. A block ends the stream (WG1002 event,
-    then [DONE]); redact and flag are recorded (text already sent cannot be masked)."""
+    """Checks a streamed completion as it grows and holds back its most recent text.
+
+    The text the checker sees is kept apart from the events the client receives (as in NeMo
+    Guardrails' streaming buffer): every batch of events is inspected together with the text before
+    it, and events are released only once at least `streaming.holdback_chars` characters of text
+    follow them. A term split across events is therefore caught before any part of it is sent. A
+    block ends the stream (WG1002 event, then [DONE]) and the held events are dropped; redact and
+    flag are recorded (text already released cannot be masked)."""
 
     def __init__(self, enforcer: Enforcer, scope: Scope) -> None:
         self.enforcer = enforcer
         self.scope = scope
-        self.text = ""
+        self.holdback_chars = enforcer.policy.streaming.holdback_chars
+        self.tail = ""  # the last STREAM_CHECK_TAIL_CHARS characters of text already checked
+        self.held: deque[tuple[bytes, int]] = deque()  # events not yet released, with their text length
+        self.held_chars = 0
 
-    async def check(self, events: list[bytes]) -> None:
-        added = "".join(_event_delta_text(event) for event in events)
-        if not added:
-            return
-        self.text += added
-        window = self.text[-(len(added) + STREAM_CHECK_TAIL_CHARS):]
-        [verdict] = await self.enforcer.verdicts([window], self.scope, "output")
-        self.enforcer.record(self.scope, "output", verdict)
-        if verdict.action == "block":
-            raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
+    async def admit(self, events: list[bytes]) -> list[bytes]:
+        """Inspect the text `events` add (raises GatewayError on a block); the events to send now."""
+        finished = False
+        added = []
+        for event in events:
+            text, is_done = _event_delta_text(event)
+            finished = finished or is_done
+            added.append(text)
+            self.held.append((event, len(text)))
+            self.held_chars += len(text)
+        new_text = "".join(added)
+        if new_text:
+            window = self.tail + new_text
+            [verdict] = await self.enforcer.verdicts([window], self.scope, "output")
+            self.enforcer.record(self.scope, "output", verdict)
+            if verdict.action == "block":
+                raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
+            self.tail = window[-STREAM_CHECK_TAIL_CHARS:]
+        if finished:
+            return self.release_all()
+        released = []
+        while self.held and self.held_chars - self.held[0][1] >= self.holdback_chars:
+            event, length = self.held.popleft()
+            self.held_chars -= length
+            released.append(event)
+        return released
+
+    def release_all(self) -> list[bytes]:
+        """Every held event (all of them already inspected): the stream is over."""
+        released = [event for event, _ in self.held]
+        self.held.clear()
+        self.held_chars = 0
+        return released
 
 
 def _strongest(verdicts: list[Verdict]) -> Verdict:
@@ -133,15 +166,16 @@ def _completion_texts(document: object) -> list[str]:
     return texts
 
 
-def _event_delta_text(event: bytes) -> str:
-    """The completion text an SSE event adds (chat delta content or completion text), or ""."""
+def _event_delta_text(event: bytes) -> tuple[str, bool]:
+    """The completion text an SSE event adds (chat delta content or completion text), and whether
+    it is the final `[DONE]`."""
     parts = []
     for line in event.splitlines():
         if not line.startswith(b"data:"):
             continue
         payload = line[5:].strip()
         if payload == b"[DONE]":
-            continue
+            return "".join(parts), True
         try:
             document = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -152,7 +186,7 @@ def _event_delta_text(event: bytes) -> str:
                 parts.append(delta["content"])
             elif isinstance(choice, dict) and isinstance(choice.get("text"), str):
                 parts.append(choice["text"])
-    return "".join(parts)
+    return "".join(parts), False
 
 
 def refusal_response(parsed: BaseModel, message: str) -> RawResponse:

@@ -7,10 +7,12 @@ request is the strongest of its stages' (block > redact > flag > allow), the fir
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from filters.blacklist import Blacklist, Rule
-from policies.schema import Action, BlacklistStage, Direction, GoldenTest, Policy, Stage
+from filters.blacklist import Blacklist, Rule, RuleError
+from policies.schema import Action, BlacklistStage, Direction, GoldenTest, Policy, PolicyError, Stage, load_policy
+from policies.yaml_source import line_of, parse_yaml
 
 _SEVERITY = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
 
@@ -93,6 +95,25 @@ class Pipeline:
             self._compiled[key] = [_inspector(stage) for stage in stages]
         return self._compiled[key]
 
+    def compile_all(self) -> None:
+        """Compile every stage list now (the default's and each override's): a rule that cannot be
+        compiled raises RuleError here, before the policy is activated, and no request pays for it."""
+        for _, stages in self.policy.stage_lists():
+            if id(stages) not in self._compiled:
+                self._compiled[id(stages)] = [_inspector(stage) for stage in stages]
+
+    def slow_patterns(self) -> list[tuple[str, str]]:
+        """(rule id, regex) of every compiled regex that has no literal atom and runs on every text."""
+        return [pattern for inspectors in self._compiled.values() for inspector in inspectors
+                if isinstance(inspector, BlacklistInspector) for pattern in inspector.blacklist.slow_patterns]
+
+    async def run_golden_tests(self) -> list[GoldenResult]:
+        results = []
+        for test in self.policy.tests:
+            ctx = Context(test.direction, test.tenant, test.route)
+            results.append(GoldenResult(test, await self.inspect([test.text], ctx)))
+        return results
+
     async def inspect(self, texts: list[str], ctx: Context) -> Verdict:
         verdict = ALLOW
         for text in texts:
@@ -111,16 +132,38 @@ class GoldenResult:
     verdict: Verdict
 
     @property
+    def expected(self) -> str:
+        return self.test.expect + (f" {self.test.rule}" if self.test.rule else "")
+
+    @property
+    def got(self) -> str:
+        return self.verdict.action + (f" {self.verdict.rule_id}" if self.verdict.rule_id else "")
+
+    @property
     def passed(self) -> bool:
         return self.verdict.action == self.test.expect and (
             self.test.rule is None or self.verdict.rule_id == self.test.rule
         )
 
 
-async def run_golden_tests(policy: Policy) -> list[GoldenResult]:
-    pipeline = Pipeline(policy)
-    results = []
-    for test in policy.tests:
-        ctx = Context(test.direction, test.tenant, test.route)
-        results.append(GoldenResult(test, await pipeline.inspect([test.text], ctx)))
-    return results
+
+def golden_failures(results: list[GoldenResult], policy: Policy) -> list[str]:
+    """One `file:line: tests.N: ...` line per failed golden test (the line from the text that was loaded)."""
+    failed = [(index, result) for index, result in enumerate(results) if not result.passed]
+    if not failed:
+        return []
+    policy_file, policy_bytes = policy.source_bytes[0]
+    root = parse_yaml(policy_bytes.decode("utf-8")).root
+    return [f"{policy_file}:{line_of(root, ['tests', index])}: tests.{index}: golden test failed: "
+            f"expected {result.expected}, got {result.got}: {result.test.text[:60]!r}" for index, result in failed]
+
+
+def load_pipeline(path: Path) -> Pipeline:
+    """Load, validate and compile a policy file (CPU-bound: keep it off the event loop).
+    Raises PolicyError, worded `file:line: ...` (or `file: rule ...` for a rule that cannot compile)."""
+    pipeline = Pipeline(load_policy(path))
+    try:
+        pipeline.compile_all()
+    except RuleError as exc:
+        raise PolicyError(f"{path}: {exc}") from None
+    return pipeline

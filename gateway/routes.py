@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import Authenticator
 from gateway.config import Settings
-from gateway.enforcement import Enforcer, refusal_response
+from gateway.enforcement import refusal_response
 from gateway.errors import (
     UPSTREAM_BAD_RESPONSE,
     UPSTREAM_SERVER_ERROR,
@@ -28,6 +28,7 @@ from gateway.openai_schema import (
     RequestModel,
     parse_request,
 )
+from gateway.policy_reload import AdminPolicyEndpoint, PolicyManager
 from gateway.request_body import read_body
 from gateway.streaming import CancelOnDisconnect, ClientDisconnected, RawResponse, SSERelayResponse
 from gateway.telemetry import Metrics
@@ -87,9 +88,9 @@ class ProxyEndpoint:
 class OpenAIProxy:
     """Validates OpenAI requests and relays them to the upstream model server."""
 
-    def __init__(self, upstream: UpstreamClient, settings: Settings, enforcer: Enforcer | None) -> None:
+    def __init__(self, upstream: UpstreamClient, settings: Settings, policies: PolicyManager | None) -> None:
         self.upstream = upstream
-        self.enforcer = enforcer
+        self.policies = policies
         self.max_body_bytes = settings.max_body_bytes
         self.max_upstream_body_bytes = settings.max_upstream_body_bytes
         self.upstream_api_key = settings.upstream_api_key
@@ -100,14 +101,18 @@ class OpenAIProxy:
         body = None
         stream = False
         inspect_output = False
+        # One policy version for the whole exchange, input and output, even if a reload lands meanwhile.
+        enforcer = self.policies.enforcer if self.policies is not None and request_model is not None else None
         if request_model is not None:
             body = await read_body(scope, receive, self.max_body_bytes)
             parsed = parse_request(request_model, body)
             stream = getattr(parsed, "stream", False)
-            if self.enforcer is not None:
-                verdict, body = await self.enforcer.check_request(parsed.texts(), body, scope)
+            if enforcer is not None:
+                scope["state"]["policy_version"] = enforcer.policy.version
+                scope["state"]["policy_digest"] = enforcer.digest
+                verdict, body = await enforcer.check_request(parsed.texts(), body, scope)
                 if verdict.action == "block":  # on_block: refusal
-                    return refusal_response(parsed, self.enforcer.policy.on_block.message)
+                    return refusal_response(parsed, enforcer.policy.on_block.message)
                 inspect_output = request_model is not EmbeddingRequest
         # Unless redacted, the original bytes go upstream, not a re-serialisation: the model
         # server sees exactly what the client sent.
@@ -120,7 +125,7 @@ class OpenAIProxy:
             state["upstream_s"] = time.perf_counter() - started
             client_headers = response_headers_for_client(upstream.raw_headers)
             if stream and upstream.status == 200 and upstream.content_type == "text/event-stream":
-                checker = self.enforcer.stream_checker(scope) if inspect_output else None
+                checker = enforcer.stream_checker(scope) if inspect_output else None
                 return SSERelayResponse(upstream, client_headers, self.max_upstream_body_bytes, checker)
             try:
                 payload = await self._read_whole(upstream)
@@ -128,9 +133,9 @@ class OpenAIProxy:
                 upstream.release()
         _check_complete_response(upstream.status, payload)
         if inspect_output and upstream.status == 200:
-            verdict, payload = await self.enforcer.check_completion(payload, scope)
+            verdict, payload = await enforcer.check_completion(payload, scope)
             if verdict.action == "block":  # on_block: refusal
-                return refusal_response(parsed, self.enforcer.policy.on_block.message)
+                return refusal_response(parsed, enforcer.policy.on_block.message)
         return RawResponse(upstream.status, client_headers, payload)
 
     async def _read_whole(self, upstream: aiohttp.ClientResponse) -> bytes:
@@ -187,6 +192,7 @@ class Probes:
 def build_routes(
     proxy: OpenAIProxy, probes: Probes, authenticator: Authenticator, admission: AdmissionControl
 ) -> list[Route]:
+    admin_policy = AdminPolicyEndpoint(proxy.policies, authenticator)
     def endpoint(request_model: type[RequestModel] | None) -> ProxyEndpoint:
         return ProxyEndpoint(proxy, request_model, authenticator, admission)
 
@@ -199,4 +205,5 @@ def build_routes(
         Route("/healthz", probes.healthz, methods=["GET"]),
         Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/metrics", probes.metrics_text, methods=["GET"]),
+        Route("/admin/policy", admin_policy.get, methods=["GET"]),
     ]

@@ -1,9 +1,10 @@
 """Relaying upstream responses to the client: buffered JSON and incremental SSE.
 
 SSE is relayed event by event: each complete event is checked and forwarded as soon as it has
-arrived, byte for byte, so the client sees tokens as the model produces them. The event is the unit
-that output inspection will later hold back and check. A problem in the middle of a stream cannot
-change the status line any more, so it ends the stream with an error event and `[DONE]`.
+arrived, byte for byte, so the client sees tokens as the model produces them; with a policy, a gate
+(enforcement.StreamChecker) inspects events and holds the most recent ones back. A problem in the
+middle of a stream cannot change the status line any more, so it ends the stream with an error
+event and `[DONE]`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import aiohttp
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import UPSTREAM_BAD_RESPONSE, GatewayError
+from gateway.errors import POLICY_BLOCKED_OUTPUT, UPSTREAM_BAD_RESPONSE, GatewayError
 from gateway.upstream import transport_error
 
 _EVENT_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -24,10 +25,14 @@ _SSE_FIELDS = frozenset({b"event", b"id", b"retry"})
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
-class StreamCheck(Protocol):
-    """Inspects events before they are released; raises GatewayError to end the stream."""
+class StreamGate(Protocol):
+    """Decides when events reach the client: `admit` inspects new events and returns those that may
+    be sent now (it may hold some back, or raise GatewayError to end the stream); `release_all`
+    returns what it still holds once the stream is over."""
 
-    async def check(self, events: list[bytes]) -> None: ...
+    async def admit(self, events: list[bytes]) -> list[bytes]: ...
+
+    def release_all(self) -> list[bytes]: ...
 
 
 class ClientDisconnected(Exception):
@@ -138,12 +143,12 @@ class SSERelayResponse:
         upstream: aiohttp.ClientResponse,
         headers: list[tuple[bytes, bytes]],
         max_event_bytes: int,
-        checker: StreamCheck | None = None,
+        gate: StreamGate | None = None,
     ) -> None:
         self.upstream = upstream
         self.headers = headers
         self.max_event_bytes = max_event_bytes
-        self.checker = checker
+        self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.upstream.status, "headers": self.headers})
@@ -168,27 +173,36 @@ class SSERelayResponse:
                     raise GatewayError(UPSTREAM_BAD_RESPONSE, "The model server sent an oversized stream event.")
             if pending.strip():
                 await self._send_checked([pending], send)
+            await self._send_held(send)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except GatewayError as error:
+            if error.kind is not POLICY_BLOCKED_OUTPUT:
+                await self._send_held(send)  # inspected and clean: the client gets it before the error
             await self._end_with_error(scope, send, error)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            await self._send_held(send)
             await self._end_with_error(scope, send, transport_error(exc, response_started=True))
 
     async def _send_checked(self, events: list[bytes], send: Send) -> None:
         """Forward the events, in one write, up to the first malformed one, which raises; with a
-        policy, the events are released only once their text has passed it."""
+        gate, only the events it releases."""
         problem = None
         for index, event in enumerate(events):
             problem = event_problem(event)
             if problem:
                 events = events[:index]
                 break
-        if events and self.checker is not None:
-            await self.checker.check(events)
+        if events and self.gate is not None:
+            events = await self.gate.admit(events)
         if events:
             await send({"type": "http.response.body", "body": b"".join(events), "more_body": True})
         if problem:
             raise GatewayError(UPSTREAM_BAD_RESPONSE, f"The model server's stream is malformed: {problem}.")
+
+    async def _send_held(self, send: Send) -> None:
+        held = self.gate.release_all() if self.gate is not None else []
+        if held:
+            await send({"type": "http.response.body", "body": b"".join(held), "more_body": True})
 
     @staticmethod
     async def _end_with_error(scope: Scope, send: Send, error: GatewayError) -> None:

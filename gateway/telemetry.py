@@ -98,6 +98,14 @@ class Metrics:
             "wardgate_requests_rejected_total", "Requests refused for lack of capacity (429).",
             registry=self.registry,
         )
+        self.policy_info = Gauge(
+            "wardgate_policy_info", "The active policy: 1 for its version and content digest (sha256).",
+            ["version", "digest"], registry=self.registry,
+        )
+        self.policy_reloads = Counter(
+            "wardgate_policy_reloads_total", "Changed policy files seen: activated, or refused (invalid, or "
+            "a golden test failed; the running policy stays).", ["result"], registry=self.registry,
+        )
 
         # labels() validates and locks on every call; the label sets are few, so keep the children.
         self._by_route_status: dict[tuple[str, int], tuple[Counter, Histogram, Histogram]] = {}
@@ -119,6 +127,10 @@ class Metrics:
             upstream_duration.observe(upstream_s)
         if error_code:
             self.errors.labels(error_code).inc()
+
+    def set_active_policy(self, version: str, digest: str) -> None:
+        self.policy_info.clear()
+        self.policy_info.labels(version, digest).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -206,7 +218,7 @@ class RequestTelemetry:
             fields["error_code"] = error_code
         if state.get("client_disconnected"):
             fields["client_disconnected"] = True
-        for key in ("input_verdict", "output_verdict", "inspect_input_ms"):
+        for key in ("policy_version", "policy_digest", "input_verdict", "output_verdict", "inspect_input_ms"):
             if key in state:
                 fields[key] = state[key]
         if failure is not None and not isinstance(failure, asyncio.CancelledError):

@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from filters.normalize import normalize
-from policies.yaml_source import YamlDocument, YamlSourceError, line_of, read_yaml
+from policies.yaml_source import YamlDocument, YamlSourceError, line_of, parse_yaml
 
 if TYPE_CHECKING:
     import yaml
@@ -127,11 +127,20 @@ class GoldenTest(BaseModel):
     route: str | None = None
 
 
+class Streaming(BaseModel):
+    model_config = _STRICT
+    # Streamed output is released only once this much text follows it, so that a term split across
+    # events is caught before any part of it reaches the client. It is also the delay added to a
+    # stream (~16 tokens by default).
+    holdback_chars: Annotated[int, Field(ge=0, le=65536)] = 64
+
+
 class Policy(BaseModel):
     model_config = _STRICT
     version: Annotated[str, Field(min_length=1)]
     description: str = ""
     on_block: OnBlock = Field(default_factory=OnBlock)
+    streaming: Streaming = Field(default_factory=Streaming)
     input: DirectionStages = Field(default_factory=DirectionStages)
     output: DirectionStages = Field(default_factory=DirectionStages)
     overrides: Overrides = Field(default_factory=Overrides)
@@ -266,22 +275,18 @@ def _read_lexicons(policy: Policy, path: Path, root: yaml.Node | None) -> list[t
 
 
 def _read_policy_file(path: Path) -> tuple[bytes, YamlDocument]:
-    """The file's bytes and its parse, of the same content: the digest and the history must name
-    exactly what was parsed, and an editor may be writing the file right now."""
-    for _ in range(3):
-        try:
-            data = path.read_bytes()
-            document = read_yaml(path)
-            unchanged = path.read_bytes() == data
-        except OSError as exc:
-            raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc}") from None
-        except YamlSourceError as exc:
-            if exc.reason == "unreadable":
-                raise PolicyError(f"{path}: cannot read the policy: {exc.problem}") from None
-            raise PolicyError(f"{path}:{exc.line}: invalid YAML: {exc.problem}") from None
-        if unchanged:
-            return data, document
-    raise PolicyError(f"{path}: the file kept changing while it was read; try again once it is written")
+    """The file's bytes and their parse: read once, so that the digest and the history name exactly
+    what was parsed even while an editor writes the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc}") from None
+    try:
+        return data, parse_yaml(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: cannot read the policy: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except YamlSourceError as exc:
+        raise PolicyError(f"{path}:{exc.line}: invalid YAML: {exc.problem}") from None
 
 
 def load_policy(path: Path) -> Policy:

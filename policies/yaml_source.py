@@ -31,6 +31,10 @@ def read_yaml(path: Path) -> YamlDocument:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise YamlSourceError("unreadable", str(exc)) from None
+    return parse_yaml(text)
+
+
+def parse_yaml(text: str) -> YamlDocument:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()

@@ -75,6 +75,8 @@ class WardgateProcess:
 
 class GatewayProcess(WardgateProcess):
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        # Policy history and other state stay in the test's own directory unless a test shares one.
+        env = {"WARDGATE_STATE_DIR": str(log_path.parent / "state"), **(env or {})}
         super().__init__("serve", args, log_path, "/healthz", env)
 
 

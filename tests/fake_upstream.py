@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 STREAM_WORDS = ["Hello", " from", " the", " fake", " model", ",", " 你好", "!"]
+SPLIT_STREAM_PIECES = ["A harmless opening sentence. ", "The word is for", "bidden", "-output!"]
 
 
 @dataclass
@@ -141,7 +142,8 @@ class FakeUpstream:
         garbage-stream a valid event, then an event whose data is not JSON
         cut-stream     two events, then the connection is dropped mid-stream
         stall-stream   one event, then silence for 30 s
-        split-stream   streams "The word is for" "bidden" "-output!" (a term split across events)
+        split-stream   streams SPLIT_STREAM_PIECES (a sentence, then a term split across three events),
+                       then nothing for 5 s unless the client leaves
         error500       HTTP 500 with an error body
         bad-request    HTTP 400 with an OpenAI-style error body (to be passed through)
         """
@@ -175,9 +177,11 @@ class FakeUpstream:
             return response
         if model == "split-stream":
             response = await self._start_sse(request)
-            for piece in ["The word is for", "bidden", "-output!"]:
+            for piece in SPLIT_STREAM_PIECES:
                 await response.write(chunk_event(model, {"content": piece}))
                 await asyncio.sleep(0.05)
+            # Keeps generating until the client (the gateway) hangs up, as a model would.
+            await self._idle_until_client_leaves(request, model, 5)
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
             return response

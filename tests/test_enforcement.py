@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import WARDGATE
+from tests.fake_upstream import SPLIT_STREAM_PIECES, STREAM_WORDS
 from tests.test_errors import assert_coded_error
 
 OUTPUT_POLICY = """\
 version: "enforcement-test"
 on_block: {mode: MODE, message: "Sorry, I can't help with that."}
+streaming: {holdback_chars: 16}
 input:
   stages:
     - type: blacklist
@@ -64,19 +67,45 @@ def test_blocked_output_is_replaced_by_a_coded_error(policy_gateway):
     assert chat(policy_gateway, "say something harmless").status_code == 200
 
 
-def test_term_split_across_stream_events_is_blocked(policy_gateway):
-    body = {"model": "split-stream", "messages": [{"role": "user", "content": "go"}], "stream": True}
-    with httpx.stream("POST", policy_gateway.url + "/v1/chat/completions", json=body, timeout=10) as response:
-        lines = [line for line in response.iter_lines() if line]
+def stream_lines(gateway, model: str) -> list[str]:
+    body = {"model": model, "messages": [{"role": "user", "content": "go"}], "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=10) as response:
+        return [line for line in response.iter_lines() if line]
+
+
+def delta_text(lines: list[str]) -> str:
+    return "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in lines
+                   if line != "data: [DONE]")
+
+
+def test_term_split_across_stream_events_is_blocked(policy_gateway, upstream):
+    mark = upstream.observed.mark()
+    lines = stream_lines(policy_gateway, "split-stream")
     assert lines[-1] == "data: [DONE]"
     error = json.loads(lines[-2][len("data: "):])["error"]
     assert (error["code"], error["rule_id"]) == ("WG1002", "out.secret")
-    delivered = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in lines[:-2])
-    # Text before the completing event was delivered; the event that completes the term never was.
-    assert delivered.startswith("The word is for")
-    assert "-output" not in delivered
+    # The sentence before the 16-character window was delivered; no part of the split term was.
+    assert delta_text(lines[:-2]) == SPLIT_STREAM_PIECES[0]
+    # ... and the upstream request was cancelled, not left generating.
+    assert upstream.observed.wait_for("client_gone", "split-stream", timeout=3, since=mark)
 
 
+def test_stream_text_beyond_the_window_flows_before_the_stream_ends(policy_gateway):
+    """The window bounds the delay: with 16 characters held back, the first words of a slow
+    stream (0.1 s a word) reach the client long before the upstream finishes."""
+    body = {"model": "slow-stream", "messages": [{"role": "user", "content": "go"}], "stream": True}
+    started = time.monotonic()
+    first_text_at = None
+    with httpx.stream("POST", policy_gateway.url + "/v1/chat/completions", json=body, timeout=10) as response:
+        lines = []
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if first_text_at is None and line.startswith("data: {") and delta_text([line]):
+                first_text_at = time.monotonic() - started
+        total = time.monotonic() - started
+    assert delta_text(lines) == "".join(STREAM_WORDS * 6)  # everything, in order, once
+    assert first_text_at is not None and first_text_at < total / 2
 def test_refusal_mode_answers_with_a_normal_completion(start_gateway, upstream, tmp_path):
     path = tmp_path / "refusal.yaml"
     path.write_text(OUTPUT_POLICY.replace("MODE", "refusal"))

@@ -1,0 +1,218 @@
+"""The active policy and its hot reload; `GET /admin/policy`.
+
+The gateway polls the files the active policy was built from (the policy file and its lexicons).
+A changed file is loaded once it has stopped changing for one poll interval (an editor or a
+ConfigMap update may write it in several steps), validated, compiled and its golden tests run, all
+before it becomes active. A file that fails any of this never replaces the running policy; the
+reason is logged, counted, kept for `GET /admin/policy` and written to the policy history.
+
+Polling `stat()` rather than inotify: it costs microseconds a second, and it sees Kubernetes'
+ConfigMap updates, which swap a symlinked directory instead of writing the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.auth import Authenticator
+from gateway.enforcement import Enforcer
+from gateway.errors import GatewayError, error_response
+from gateway.pipeline import golden_failures, load_pipeline
+from gateway.telemetry import Metrics
+from policies.history import HistoryError, PolicyHistory
+from policies.schema import PolicyError
+
+log = structlog.get_logger("wardgate.policy")
+
+
+def prepare(path: Path) -> Enforcer:
+    """An enforcer for the policy file; raises PolicyError (file:line) if it cannot be used."""
+    return Enforcer(load_pipeline(path))
+
+
+async def failed_golden_tests(enforcer: Enforcer) -> list[str]:
+    """`file:line: ...` for each golden test of the policy that fails; a policy with any is never activated."""
+    return golden_failures(await enforcer.pipeline.run_golden_tests(), enforcer.policy)
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    enforcer: Enforcer
+    activated_at: float
+
+    @property
+    def digest(self) -> str:
+        return self.enforcer.digest
+
+    def describe(self) -> dict:
+        policy = self.enforcer.policy
+        return {
+            "version": policy.version,
+            "digest": self.digest,
+            "files": [str(path) for path in policy.source_files],
+            "activated_at": _iso(self.activated_at),
+            "golden_tests": len(policy.tests),
+        }
+
+
+@dataclass(frozen=True)
+class Refusal:
+    at: float
+    path: str
+    reason: str
+    digest: str | None
+
+    def describe(self) -> dict:
+        return {"at": _iso(self.at), "path": self.path, "reason": self.reason, "digest": self.digest}
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+class PolicyManager:
+    def __init__(self, path: Path, metrics: Metrics, history: PolicyHistory | None, poll_s: float) -> None:
+        """Loads `path` now; raises PolicyError if it cannot be used (the gateway must not start)."""
+        self.path = path
+        self.metrics = metrics
+        self.history = history
+        self.poll_s = poll_s
+        enforcer = prepare(path)
+        self.active = ActivePolicy(enforcer, time.time())
+        self.last_refusal: Refusal | None = None
+        self.history_error: str | None = None
+        self._seen = self._fingerprint()
+        self._watcher: asyncio.Task | None = None
+        metrics.set_active_policy(enforcer.policy.version, self.active.digest)
+
+    @property
+    def enforcer(self) -> Enforcer:
+        return self.active.enforcer
+
+    async def start(self) -> None:
+        """Raises PolicyError if the policy's golden tests fail: it must not serve a single request."""
+        failures = await failed_golden_tests(self.active.enforcer)
+        if failures:
+            raise PolicyError("\n".join(failures))
+        await self._write_history("record_activation", self.active.enforcer.policy, "activated", "startup")
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    def _fingerprint(self) -> tuple:
+        """What `stat()` says about each watched file: any edit, replacement or removal changes it."""
+        fingerprint = []
+        for path in (self.path, *self.active.enforcer.policy.source_files[1:]):
+            try:
+                stat = os.stat(path)
+            except OSError:
+                fingerprint.append(None)
+            else:
+                fingerprint.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        return tuple(fingerprint)
+
+    async def _watch(self) -> None:
+        previous = self._seen
+        while True:
+            await asyncio.sleep(self.poll_s)
+            current = self._fingerprint()
+            if current == self._seen or current != previous:  # unchanged, or still being written
+                previous = current
+                continue
+            self._seen = current
+            try:
+                await self.reload()
+            except Exception:  # the watcher must outlive any surprise; the running policy stays
+                log.exception("policy_reload_failed", path=str(self.path))
+            self._seen = self._fingerprint()  # a successful reload may watch other lexicon files now
+            previous = self._seen
+
+    async def reload(self) -> bool:
+        """Try the policy file as it is now; True if it became active."""
+        try:
+            enforcer = await asyncio.to_thread(prepare, self.path)
+        except PolicyError as exc:
+            await self._refuse(str(exc), None)
+            return False
+        digest = enforcer.digest
+        if digest == self.active.digest:
+            return False  # touched or rewritten with the same content
+        failures = await failed_golden_tests(enforcer)
+        if failures:
+            await self._refuse("\n".join(failures), digest)
+            return False
+        previous = self.active.enforcer.policy.version
+        self.active = ActivePolicy(enforcer, time.time())
+        self.metrics.set_active_policy(enforcer.policy.version, digest)
+        self.metrics.policy_reloads.labels("activated").inc()
+        log.info("policy_activated", path=str(self.path), version=enforcer.policy.version, digest=digest,
+                 previous_version=previous)
+        await self._write_history("record_activation", enforcer.policy, "activated", "file changed")
+        return True
+
+    async def _refuse(self, reason: str, digest: str | None) -> None:
+        self.last_refusal = Refusal(time.time(), str(self.path), reason, digest)
+        self.metrics.policy_reloads.labels("refused").inc()
+        log.warning("policy_refused", path=str(self.path), reason=reason,
+                    running_version=self.active.enforcer.policy.version)
+        await self._write_history("record_refusal", self.path, reason, digest)
+
+    async def _write_history(self, method: str, *args: object) -> None:
+        """History is for rollback and forensics: failing to write it is logged, never fatal."""
+        if self.history is None:
+            return
+        try:
+            await asyncio.to_thread(getattr(self.history, method), *args)
+            self.history_error = None
+        except HistoryError as exc:
+            self.history_error = str(exc)
+            log.error("policy_history_unavailable", error=str(exc))
+
+    async def describe(self) -> dict:
+        recent = []
+        if self.history is not None:
+            try:
+                events = await asyncio.to_thread(self.history.events, 20)
+            except HistoryError as exc:
+                self.history_error = str(exc)
+            else:
+                recent = [{"at": _iso(event.at), "event": event.event, "version": event.version,
+                           "digest": event.digest, "reason": event.reason} for event in events]
+        return {
+            "active": self.active.describe(),
+            "last_refusal": self.last_refusal.describe() if self.last_refusal else None,
+            "watching": {"path": str(self.path), "poll_interval_s": self.poll_s},
+            "history": {"path": str(self.history.path) if self.history else None, "error": self.history_error,
+                        "recent": recent},
+        }
+
+
+class AdminPolicyEndpoint:
+    """`GET /admin/policy`: the active policy, the last refused file and the recent history."""
+
+    def __init__(self, manager: PolicyManager | None, authenticator: Authenticator) -> None:
+        self.manager = manager
+        self.authenticator = authenticator
+
+    async def get(self, request: Request) -> Response:
+        try:
+            self.authenticator.authenticate_admin(request.scope)
+        except GatewayError as error:
+            return error_response(request.scope, error)
+        if self.manager is None:
+            return JSONResponse({"active": None, "detail": "no policy: the gateway runs with --policy none"})
+        return JSONResponse(await self.manager.describe())
