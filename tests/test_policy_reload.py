@@ -209,3 +209,32 @@ def test_policy_diff(tmp_path):
     missing = subprocess.run([WARDGATE, "policy", "diff", str(old), "no-such-version", "--state-dir",
                               str(tmp_path / "state")], capture_output=True, text=True)
     assert missing.returncode == 2 and "neither a policy file nor a version" in missing.stderr
+
+
+def active_digest(gateway) -> str:
+    """The digest label of wardgate_policy_info{version="v1"} (there is exactly one)."""
+    [line] = [line for line in httpx.get(gateway.url + "/metrics").text.splitlines()
+              if line.startswith("wardgate_policy_info{")]
+    assert 'version="v1"' in line
+    return line.split('digest="')[1].split('"')[0]
+
+
+def test_a_lexicon_edit_reloads_the_policy(start_gateway, upstream, tmp_path):
+    lexicon = tmp_path / "lists" / "terms.txt"
+    lexicon.parent.mkdir()
+    write(lexicon, "# banned terms\nforbidden-word\n")
+    policy = tmp_path / "policy.yaml"
+    write(policy, policy_text("v1").replace("literals: [forbidden-word]", "lexicons: [lists/terms.txt]"))
+    gateway = start_gateway("--upstream", upstream.url, "--policy", str(policy))
+    body = {"model": "echo", "messages": [{"role": "user", "content": "say lexicon-term"}]}
+    assert httpx.post(gateway.url + "/v1/chat/completions", json=body).status_code == 200
+    digest_before = active_digest(gateway)
+    write(lexicon, "# banned terms\nforbidden-word\nlexicon-term\n")
+    wait_for(lambda: httpx.post(gateway.url + "/v1/chat/completions", json=body).status_code == 400)
+    # Same version string, new content: the digest tells them apart.
+    assert active_digest(gateway) != digest_before
+    assert 'wardgate_policy_reloads_total{result="activated"} 1.0' in httpx.get(gateway.url + "/metrics").text
+    # An emptied lexicon is refused: the running policy keeps its terms.
+    write(lexicon, "# nothing left\n")
+    wait_for(lambda: 'result="refused"} 1.0' in httpx.get(gateway.url + "/metrics").text)
+    assert httpx.post(gateway.url + "/v1/chat/completions", json=body).status_code == 400
