@@ -307,6 +307,18 @@ def _is_word_char(char: str) -> bool:
 # Bytes of the UTF-8 text that belong to words (ASCII letters and digits) stay, others become spaces.
 _WORD_BYTES = bytes(byte if chr(byte).isascii() and chr(byte).isalnum() else ord(" ") for byte in range(256))
 _WORDS_LITERAL = re.compile(r"[a-z0-9]+(?:\s+[a-z0-9]+)*")
+_NON_ASCII_MASK = bytes(0 if byte < 0x80 else 1 for byte in range(256))
+# What may separate the words of a phrase.
+_GAP = r"[\p{P}\p{S}\s]+"
+# Never a phrase's gate while it has a rarer word: these occur in most texts.
+_COMMON_WORDS = frozenset({
+    "a", "about", "all", "also", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can", "could",
+    "did", "do", "does", "for", "from", "had", "has", "have", "he", "her", "him", "his", "how", "i", "if", "in",
+    "into", "is", "it", "its", "just", "like", "me", "more", "my", "no", "not", "now", "of", "on", "one", "only",
+    "or", "other", "our", "out", "she", "so", "some", "than", "that", "the", "their", "them", "then", "there",
+    "these", "they", "this", "to", "too", "up", "us", "very", "was", "we", "were", "what", "when", "where", "which",
+    "who", "why", "will", "with", "would", "you", "your"
+})
 
 
 @dataclass
@@ -320,7 +332,7 @@ class _Compiled:
     bytes_automaton: ahocorasick.Automaton = field(default_factory=ahocorasick.Automaton)
     regexes: list[_CompiledRegex] = field(default_factory=list)
     always: list[int] = field(default_factory=list)  # regexes without atoms
-    word_patterns: dict[bytes, re.Pattern] = field(default_factory=dict)
+    widest_non_ascii_key: int = 0  # in UTF-8 bytes
 
 
 class Blacklist:
@@ -358,11 +370,14 @@ class Blacklist:
                 for atom in atoms or ():
                     keys.setdefault(atom, []).append(("regex", len(compiled.regexes) - 1))
         compiled.word_set = frozenset(compiled.words)
-        for key in sorted(keys):  # sorted: the automata do not depend on the order of the rules
-            value = (len(key), keys[key])
+        for key in _by_character_frequency(keys):
+            value = (len(key), keys[key], key.isascii())
+            encoded = key.encode("utf-8", "surrogatepass")
             if key.isascii():
                 compiled.ascii_automaton.add_word(key, value)
-            compiled.bytes_automaton.add_word(key.encode("utf-8", "surrogatepass").decode("latin-1"), value)
+            else:
+                compiled.widest_non_ascii_key = max(compiled.widest_non_ascii_key, len(encoded))
+            compiled.bytes_automaton.add_word(encoded.decode("latin-1"), value)
         for automaton in (compiled.ascii_automaton, compiled.bytes_automaton):
             if len(automaton):
                 automaton.make_automaton()
@@ -373,12 +388,18 @@ class Blacklist:
         if len(words) == 1:
             compiled.words.setdefault(words[0].encode(), []).append(("literal", rule_index))
             return
-        # A phrase: its longest word gates a pattern with any separators between the words; spelled
-        # out letter by letter ("p i p e b o m b") it normalises to one word, matched as such.
-        gap = r"[\p{P}\p{S}\s]+"
-        pattern = regex.compile(r"(?<![a-z0-9])" + gap.join(words) + r"(?![a-z0-9])")
+        # A phrase: one of its words (the longest uncommon one) gates a pattern with any separators
+        # between the words. The pattern starts with that word, so that `regex` searches for it as a
+        # literal; the words before it are matched backwards, in a look-behind whose group gives the
+        # start of the match. Spelled out letter by letter ("p i p e b o m b") the phrase normalises
+        # to one word, matched as such.
+        gate_index = max(range(len(words)), key=lambda i: (words[i] not in _COMMON_WORDS, len(words[i])))
+        gate = words[gate_index]
+        head = "".join(f"{word}{_GAP}" for word in words[:gate_index]) + gate
+        tail = "".join(f"{_GAP}{word}" for word in words[gate_index + 1:])
+        pattern = regex.compile(rf"{gate}(?<=(?<![a-z0-9])(?P<head>{head})){tail}(?![a-z0-9])")
         compiled.phrases.append((rule_index, pattern))
-        gate = max(words, key=len).encode()
+        gate = gate.encode()
         compiled.words.setdefault(gate, []).append(("phrase", len(compiled.phrases) - 1))
         compiled.words.setdefault("".join(words).encode(), []).append(("literal", rule_index))
 
@@ -399,12 +420,12 @@ class Blacklist:
             for word in compiled.word_set.intersection(words):
                 for kind, index in compiled.words[word]:
                     if kind == "literal":
-                        for hit in self._word_pattern(word).finditer(folded):
-                            matches.append(self._match(index, normalized, hit.start(), hit.end()))
+                        for start in _whole_word_positions(folded, word.decode()):
+                            matches.append(self._match(index, normalized, start, start + len(word)))
                     else:
                         rule_index, pattern = compiled.phrases[index]
                         for hit in pattern.finditer(folded):
-                            matches.append(self._match(rule_index, normalized, hit.start(), hit.end()))
+                            matches.append(self._match(rule_index, normalized, hit.start("head"), hit.end()))
         for start, end, payloads in self._automaton_hits(folded, encoded):
             for kind, index in payloads:
                 if kind == "regex":
@@ -421,31 +442,54 @@ class Blacklist:
 
     def _automaton_hits(self, folded: str, encoded: bytes) -> list[tuple[int, int, list[tuple[str, int]]]]:
         """(start, end, payloads) of every automaton key in `folded`, in characters."""
-        if folded.isascii():
-            automaton = self._compiled.ascii_automaton
-            if not len(automaton):
-                return []
-            return [(end + 1 - length, end + 1, payloads)
-                    for end, (length, payloads) in automaton.iter(folded)]
+        compiled = self._compiled
+        if len(encoded) == len(folded):  # ASCII
+            return self._ascii_hits(folded)
+        if (len(encoded) - len(folded)) * 16 >= len(folded):
+            return self._byte_hits(encoded, [(0, len(encoded))], ascii_keys=True)
+        # Mostly ASCII (a degree sign, an accent): the ASCII keys' automaton over the text, and the
+        # automaton of every key only around the non-ASCII characters, as far as the widest key
+        # containing one of them reaches.
+        reach = compiled.widest_non_ascii_key - 1
+        mask = encoded.translate(_NON_ASCII_MASK)
+        windows: list[tuple[int, int]] = []
+        start = mask.find(1)
+        while start != -1 and reach >= 0:
+            end = mask.find(0, start)
+            end = len(encoded) if end == -1 else end
+            window = (max(0, start - reach), min(len(encoded), end + reach))
+            if windows and window[0] <= windows[-1][1]:
+                windows[-1] = (windows[-1][0], window[1])
+            else:
+                windows.append(window)
+            start = mask.find(1, end)
+        return self._ascii_hits(folded) + self._byte_hits(encoded, windows, ascii_keys=False)
+
+    def _ascii_hits(self, folded: str) -> list[tuple[int, int, list[tuple[str, int]]]]:
+        automaton = self._compiled.ascii_automaton
+        if not len(automaton):
+            return []
+        return [(end + 1 - length, end + 1, payloads) for end, (length, payloads, _) in automaton.iter(folded)]
+
+    def _byte_hits(self, encoded: bytes, windows: list[tuple[int, int]],
+                   ascii_keys: bool) -> list[tuple[int, int, list[tuple[str, int]]]]:
+        """Hits of the UTF-8 automaton in `windows` (byte ranges, in order), in characters."""
         automaton = self._compiled.bytes_automaton
         if not len(automaton):
             return []
-        hits = list(automaton.iter(encoded.decode("latin-1")))
-        # Byte offsets → character offsets, in one pass over the hits in order. A key is whole
-        # UTF-8 characters, and UTF-8 never matches in the middle of a character.
         result, chars, last = [], 0, 0
-        for byte_end, (length, payloads) in hits:
-            chars += len(encoded[last:byte_end + 1].decode("utf-8", "surrogatepass"))
-            last = byte_end + 1
-            result.append((chars - length, chars, payloads))
+        for window_start, window_end in windows:
+            for byte_end, (length, payloads, is_ascii) in automaton.iter(
+                    encoded[window_start:window_end].decode("latin-1")):
+                if is_ascii and not ascii_keys:
+                    continue
+                # Byte offsets → character offsets, in one pass over the hits in order. A key is
+                # whole UTF-8 characters, and UTF-8 never matches in the middle of a character.
+                byte_end += window_start + 1
+                chars += len(encoded[last:byte_end].decode("utf-8", "surrogatepass"))
+                last = byte_end
+                result.append((chars - length, chars, payloads))
         return result
-
-    def _word_pattern(self, word: bytes) -> re.Pattern:
-        pattern = self._compiled.word_patterns.get(word)
-        if pattern is None:
-            pattern = re.compile(r"(?<![a-z0-9])" + word.decode() + r"(?![a-z0-9])")
-            self._compiled.word_patterns[word] = pattern
-        return pattern
 
     def _match(self, rule_index: int, normalized: NormalizedText, start: int, end: int) -> Match:
         rule = self.rules[rule_index]
@@ -462,6 +506,28 @@ class Blacklist:
                     return True
                 position = folded.find(phrase, position + 1, match.start + len(phrase))
         return False
+
+
+def _by_character_frequency(keys: dict[str, object]) -> list[str]:
+    """The keys in the order that puts, at each trie node, the children for the characters most
+    common among all keys first: pyahocorasick tries a node's children in insertion order."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        for char in key:
+            counts[char] = counts.get(char, 0) + 1
+    return sorted(keys, key=lambda key: [-counts[char] for char in key])
+
+
+def _whole_word_positions(text: str, word: str) -> list[int]:
+    positions = []
+    position = text.find(word)
+    while position != -1:
+        end = position + len(word)
+        if not (position > 0 and _is_word_char(text[position - 1])) and not (
+                end < len(text) and _is_word_char(text[end])):
+            positions.append(position)
+        position = text.find(word, position + 1)
+    return positions
 
 
 def _whole_word(text: str, start: int, end: int) -> bool:

@@ -181,20 +181,14 @@ class _FoldOffsets(_Offsets):
     def _find_anchors(self) -> None:
         """The original characters that do not fold to exactly one character (only non-ASCII ones
         can), with where their fold starts in the folded text."""
-        lengths = {}
-        if not self._original.isascii():
-            for char in set(self._original):
-                if not char.isascii():
-                    length = len(_fold_cluster(char))
-                    if length != 1:
-                        lengths[char] = length
         anchors = []
-        for char, length in lengths.items():
-            position = self._original.find(char)
-            while position != -1:
-                anchors.append((position, length))
-                position = self._original.find(char, position + 1)
-        anchors.sort()
+        if not self._original.isascii():
+            runs = _sparse_non_ascii_runs(self._original) or [(0, len(self._original))]
+            for start, end in runs:
+                for match in _irregular_chars().finditer(self._original, start, end):
+                    length = len(_fold_cluster(match.group()))
+                    if length != 1:
+                        anchors.append((match.start(), length))
         shift = 0
         for position, length in anchors:
             self._anchor_folded_starts.append(position + shift)
@@ -275,6 +269,19 @@ def _bmp_table() -> list[int | str]:
     return table
 
 
+@functools.cache
+def _irregular_chars() -> re.Pattern[str]:
+    """The characters whose fold is not one character: those of the BMP that are, and any beyond."""
+    codes = [code for code, folded in enumerate(_bmp_table()) if isinstance(folded, str) and len(folded) != 1]
+    ranges, start = [], None
+    for index, code in enumerate(codes):
+        start = code if start is None else start
+        if index + 1 == len(codes) or codes[index + 1] != code + 1:
+            ranges.append(re.escape(chr(start)) + ("-" + re.escape(chr(code)) if code != start else ""))
+            start = None
+    return re.compile("[" + "".join(ranges) + "\U00010000-\U0010ffff]")
+
+
 @functools.lru_cache(maxsize=4096)
 def _astral_fold(char: str) -> str:
     return _single_char_fold(char)
@@ -349,27 +356,43 @@ def _translate(text: str) -> tuple[str, bool]:
     """`text` folded character by character, clause punctuation as placeholders, and whether the
     result may contain CJK characters."""
     table = _bmp_table()
-    encoded = text.encode("utf-8", "surrogatepass")
-    if (len(encoded) - len(text)) * 64 >= len(text):
+    runs = _sparse_non_ascii_runs(text)
+    if runs is None:
         folded = _fold_beyond_bmp(text.translate(table), text)
         return folded, _HAS_CJK.search(folded) is not None
     # A few non-ASCII characters in ASCII text (a curly quote, an emoji): translate() would look up
-    # every character; lower() the ASCII runs instead, found byte-wise.
-    mask = encoded.translate(_NON_ASCII_MASK)
+    # every character; lower() the ASCII runs instead.
     parts, has_cjk, last = [], False, 0
+    for start, end in runs:
+        parts.append(text[last:start].lower())
+        run = text[start:end]
+        folded = _fold_beyond_bmp(run.translate(table), run)
+        parts.append(folded)
+        has_cjk = has_cjk or _HAS_CJK.search(folded) is not None
+        last = end
+    parts.append(text[last:].lower())
+    return "".join(parts), has_cjk
+
+
+def _sparse_non_ascii_runs(text: str) -> list[tuple[int, int]] | None:
+    """(start, end) of the runs of non-ASCII characters of mostly-ASCII text, or None when there
+    are many (found byte-wise with memchr-fast searches: a regex would test every character)."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if (len(encoded) - len(text)) * 64 >= len(text):
+        return None
+    mask = encoded.translate(_NON_ASCII_MASK)
+    runs, chars, last = [], 0, 0
     start = mask.find(1)
     while start != -1:
         end = mask.find(0, start)
         if end == -1:
             end = len(encoded)
-        parts.append(encoded[last:start].decode("ascii").lower())
-        run = encoded[start:end].decode("utf-8", "surrogatepass")
-        folded = _fold_beyond_bmp(run.translate(table), run)
-        parts.append(folded)
-        has_cjk = has_cjk or _HAS_CJK.search(folded) is not None
-        last, start = end, mask.find(1, end)
-    parts.append(encoded[last:].decode("ascii").lower())
-    return "".join(parts), has_cjk
+        chars += start - last  # ASCII: a byte is a character
+        length = len(encoded[start:end].decode("utf-8", "surrogatepass"))
+        runs.append((chars, chars + length))
+        chars, last = chars + length, end
+        start = mask.find(1, end)
+    return runs
 
 
 def _fold_beyond_bmp(translated: str, text: str) -> str:

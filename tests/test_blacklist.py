@@ -158,3 +158,30 @@ def test_many_literals_share_one_pass():
     rules = [Rule(f"r{i}", "test", "flag", literals=(f"term{i}x",)) for i in range(5000)]
     blacklist = Blacklist(rules)
     assert sorted(rule_ids(blacklist, "nothing here but term4321x and term17x.")) == ["r17", "r4321"]
+
+
+@pytest.mark.parametrize(
+    ("text", "matched"),
+    [("so the-dirty_rat ran", "the-dirty_rat"), ("THE  DIRTY  RAT", "THE  DIRTY  RAT"),
+     ("the dirty rat", "the dirty rat"), ("bathe dirty rat", None), ("the dirty rats", None),
+     ("the dirty old rat", None)],
+)
+def test_a_phrase_gated_by_a_word_in_its_middle_reports_the_whole_phrase(text, matched):
+    # "the" is too common to gate on: "dirty" does, and the words before it are matched backwards.
+    blacklist = Blacklist([Rule("insult", "harassment", "flag", literals=("the dirty rat",))])
+    assert [match.matched for match in blacklist.scan(text)] == ([matched] if matched else [])
+
+
+def test_mostly_ascii_text_finds_keys_around_its_few_non_ascii_characters():
+    # Mostly-ASCII text runs the automaton of all keys only around its non-ASCII characters.
+    blacklist = Blacklist([
+        Rule("drug", "illegal", "block", literals=("k粉", "炸弹")),
+        Rule("site", "spam", "flag", literals=("www.gaoav",)),
+        Rule("temp", "test", "flag", regexes=(r"\d+ ?°c",)),
+    ])
+    filler = "the weather is fine today and nothing happens here. " * 40
+    text = "炸弹" + filler + "buy k粉 at www.gaoav, it is 30 °C " + filler + "tail k粉"
+    found = [(match.rule_id, match.matched) for match in blacklist.scan(text)]
+    assert found == [("drug", "炸弹"), ("drug", "k粉"), ("site", "www.gaoav"), ("temp", "30 °C"), ("drug", "k粉")]
+    for match in blacklist.scan(text):
+        assert text[match.original_start:match.original_end] == match.matched
