@@ -416,16 +416,15 @@ class Blacklist:
         candidates = set(compiled.always)
         encoded = folded.encode("utf-8", "surrogatepass")
         words = encoded.translate(_WORD_BYTES).split()
-        if not compiled.word_set.isdisjoint(words):
-            for word in compiled.word_set.intersection(words):
-                for kind, index in compiled.words[word]:
-                    if kind == "literal":
-                        for start in _whole_word_positions(folded, word.decode()):
-                            matches.append(self._match(index, normalized, start, start + len(word)))
-                    else:
-                        rule_index, pattern = compiled.phrases[index]
-                        for hit in pattern.finditer(folded):
-                            matches.append(self._match(rule_index, normalized, hit.start("head"), hit.end()))
+        for word in compiled.word_set.intersection(words):
+            for kind, index in compiled.words[word]:
+                if kind == "literal":
+                    for start in _whole_word_positions(folded, word.decode()):
+                        matches.append(self._match(index, normalized, start, start + len(word)))
+                else:
+                    rule_index, pattern = compiled.phrases[index]
+                    for hit in pattern.finditer(folded):
+                        matches.append(self._match(rule_index, normalized, hit.start("head"), hit.end()))
         for start, end, payloads in self._automaton_hits(folded, encoded):
             for kind, index in payloads:
                 if kind == "regex":

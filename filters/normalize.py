@@ -236,6 +236,7 @@ _CLAUSE_PLACEHOLDERS = {"，": "\ua4d0", "。": "\ua4d1", "！": "\ua4d2", "？"
 _HAS_CJK = re.compile(rf"[{_CJK}]")
 _CJK_SPLIT_HINT = re.compile(rf"[\W_](?<=[{_CJK}][\W_])[\W_]*(?=[{_CJK}])")
 _SEPARATORS = regex.compile(r"[\p{P}\p{S}\s]+")
+_ASCII_SEPARATORS = frozenset(char for char in map(chr, range(128)) if _SEPARATORS.fullmatch(char))
 # ASCII bytes → 0, others → 1: memchr-fast search for the non-ASCII runs of mostly-ASCII text.
 _NON_ASCII_MASK = bytes(0 if byte < 0x80 else 1 for byte in range(256))
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
@@ -409,8 +410,11 @@ def _cuts(folded: str, marked: str | None, ascii_only: bool) -> list[tuple[int, 
     `marked` is `folded` with clause punctuation as placeholders, None when it has no CJK."""
     cuts = []
     if marked is not None:
-        cuts.extend(hint.span() for hint in _CJK_SPLIT_HINT.finditer(marked)
-                    if _SEPARATORS.fullmatch(marked, *hint.span()))
+        for hint in _CJK_SPLIT_HINT.finditer(marked):
+            start, end = hint.span()
+            # (Most runs are one ASCII character, a newline: no need to ask `regex`.)
+            if (end - start == 1 and marked[start] in _ASCII_SEPARATORS) or _SEPARATORS.fullmatch(marked, start, end):
+                cuts.append((start, end))
     skeleton = b" " + folded.encode("utf-8", "surrogatepass").translate(_SKELETON) + b" "
     if (_SPELLED_GATE_ASCII if ascii_only else _SPELLED_GATE).search(skeleton):
         position = 0
