@@ -38,7 +38,7 @@ from typing import Literal
 import ahocorasick
 import regex
 
-from filters.normalize import NormalizedText, fold, normalize
+from filters.normalize import NormalizedText, fold, normalize, prepare
 
 Action = Literal["block", "flag", "redact"]
 MIN_ATOM_CHARS = 2
@@ -343,6 +343,7 @@ class Blacklist:
             if rule.id in self._index_by_id:
                 raise RuleError(f"rule id {rule.id!r} is used twice")
             self._index_by_id[rule.id] = index
+        prepare()  # when the policy loads, not on the first request with a non-ASCII character
         self._allow = [tuple(normalize(phrase).text for phrase in rule.allow) for rule in rules]
         self._compiled = self._compile(rules)
 

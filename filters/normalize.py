@@ -328,6 +328,13 @@ def fold(text: str) -> str:
     return "".join(_fold_cluster(text[start:end]) for start, end in _clusters(text))
 
 
+def prepare() -> None:
+    """Build the lookup tables now (~0.1 s) rather than on the first non-ASCII text."""
+    _bmp_table()
+    _irregular_chars()
+    _placeholder_folds()
+
+
 def normalize(text: str) -> NormalizedText:
     if text.isascii():
         folded, marked = text.lower(), None  # the fold of every ASCII character is its lower case
