@@ -81,6 +81,9 @@ class _CompiledRegex:
     source: str
     pattern: regex.Pattern
     atoms: frozenset[str] | None
+    # How far from an atom a match can reach (characters), None when unbounded: the regex then
+    # runs only near its atoms' hits, not over the whole text.
+    reach: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +156,40 @@ def _has_literal_brace(items: sre_parser.SubPattern) -> bool:
     return False
 
 
+# Anchors whose meaning depends on where a search starts or ends.
+_STRING_ANCHORS = frozenset({sre_constants.AT_BEGINNING, sre_constants.AT_BEGINNING_STRING, sre_constants.AT_END,
+                             sre_constants.AT_END_STRING})
+MAX_REACH = 1000
+
+
+def match_reach(pattern: str) -> int | None:
+    """How many characters of normalised text around an atom a match of `pattern` can cover, or
+    None: unbounded, too wide to be worth it, or with look-arounds or ^/$ (which see further)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            parsed = sre_parser.parse(pattern)
+    except (re.error, FutureWarning, OverflowError, RecursionError, ValueError):
+        return None
+    widest = parsed.getwidth()[1]
+    if widest > MAX_REACH or _has_context(parsed):
+        return None
+    # Full case folding lets a pattern character match up to three ("ß" ~ "ss", "ﬃ" ~ "ffi"), and
+    # \b looks one character further.
+    return 3 * widest + 1
+
+
+def _has_context(items: sre_parser.SubPattern) -> bool:
+    for op, value in items:
+        if op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+            return True
+        if op is sre_constants.AT and value in _STRING_ANCHORS:
+            return True
+        if any(_has_context(child) for child in _children(op, value)):
+            return True
+    return False
+
+
 def _children(op: object, value: object) -> list[sre_parser.SubPattern]:
     if op is sre_constants.SUBPATTERN:
         return [value[-1]]
@@ -164,6 +201,8 @@ def _children(op: object, value: object) -> list[sre_parser.SubPattern]:
         return [value]
     if op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
         return [value[1]]
+    if op is sre_constants.GROUPREF_EXISTS:
+        return [branch for branch in value[1:] if branch is not None]
     return []
 
 
@@ -365,7 +404,8 @@ class Blacklist:
                 except regex.error as exc:
                     raise RuleError(f"rule {rule.id}: invalid regex {source!r}: {exc}") from None
                 atoms = literal_atoms(source)
-                compiled.regexes.append(_CompiledRegex(index, source, pattern, atoms))
+                reach = match_reach(source) if atoms is not None else None
+                compiled.regexes.append(_CompiledRegex(index, source, pattern, atoms, reach))
                 if atoms is None:
                     compiled.always.append(len(compiled.regexes) - 1)
                 for atom in atoms or ():
@@ -414,7 +454,7 @@ class Blacklist:
         folded = normalized.text
         compiled = self._compiled
         matches: list[Match] = []
-        candidates = set(compiled.always)
+        candidates: dict[int, list[tuple[int, int]]] = {index: [] for index in compiled.always}
         encoded = folded.encode("utf-8", "surrogatepass")
         words = encoded.translate(_WORD_BYTES).split()
         for word in compiled.word_set.intersection(words):
@@ -429,14 +469,15 @@ class Blacklist:
         for start, end, payloads in self._automaton_hits(folded, encoded):
             for kind, index in payloads:
                 if kind == "regex":
-                    candidates.add(index)
+                    candidates.setdefault(index, []).append((start, end))
                 elif _whole_word(folded, start, end):
                     matches.append(self._match(index, normalized, start, end))
         for index in sorted(candidates):
             compiled_regex = compiled.regexes[index]
-            for hit in compiled_regex.pattern.finditer(folded):
-                if hit.end() > hit.start():
-                    matches.append(self._match(compiled_regex.rule, normalized, hit.start(), hit.end()))
+            for window_start, window_end in _windows(candidates[index], compiled_regex.reach, len(folded)):
+                for hit in compiled_regex.pattern.finditer(folded, window_start, window_end):
+                    if hit.end() > hit.start():
+                        matches.append(self._match(compiled_regex.rule, normalized, hit.start(), hit.end()))
         kept = [match for match in matches if not self._allowed(match, folded)]
         return sorted(kept, key=lambda match: (match.start, match.end, match.rule_id))
 
@@ -516,6 +557,22 @@ def _by_character_frequency(keys: dict[str, object]) -> list[str]:
         for char in key:
             counts[char] = counts.get(char, 0) + 1
     return sorted(keys, key=lambda key: [-counts[char] for char in key])
+
+
+def _windows(atom_spans: list[tuple[int, int]], reach: int | None, length: int) -> list[tuple[int, int]]:
+    """Where a regex can match: around its atoms' hits as far as it reaches (merged, in order), or
+    the whole text. Matches in separate windows cannot overlap, so searching each window finds
+    what one search over the text would."""
+    if reach is None or not atom_spans:
+        return [(0, length)]
+    windows: list[tuple[int, int]] = []
+    for start, end in sorted(atom_spans):
+        window = (max(0, start - reach), min(length, end + reach))
+        if windows and window[0] <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], max(windows[-1][1], window[1]))
+        else:
+            windows.append(window)
+    return windows
 
 
 def _whole_word_positions(text: str, word: str) -> list[int]:

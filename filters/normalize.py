@@ -217,14 +217,12 @@ _COMBINING = regex.compile(r"\p{M}")
 # only where these stdlib `re` patterns, which match wherever they can (and rarely elsewhere),
 # point.
 #
-# Spelled-out words: first, in a skeleton of the UTF-8 bytes where an ASCII letter or digit is "a"
-# and any other byte a space, three single letters with equal gaps (1–3 characters: 1–12 bytes,
-# 1–3 in ASCII text); then, on the text, the places where such a word could start.
+# Spelled-out words: in a skeleton of the UTF-8 bytes where an ASCII letter or digit is "a" and any
+# other byte a space, three single letters with equal gaps (1–3 characters: 1–12 bytes, 1–3 in
+# ASCII text). `_SPELLED` is tried only where this matches.
 _SKELETON = bytes(ord("a") if chr(byte).isascii() and chr(byte).isalnum() else ord(" ") for byte in range(256))
 _SPELLED_GATE = re.compile(rb" a( {1,12})a\1a ")
 _SPELLED_GATE_ASCII = re.compile(rb" a( {1,3})a\1a ")
-# (The first letter comes before the look-behind so that `re` can skip to letters and digits.)
-_SPELLED_HINT = re.compile(r"[a-z0-9](?<![a-z0-9][a-z0-9])[^a-z0-9]{1,3}[a-z0-9][^a-z0-9]{1,3}[a-z0-9](?![a-z0-9])")
 # Separators between CJK characters: clause punctuation is folded to placeholder letters first
 # (Lisu letters, which no CJK text uses; text that has them takes the reference path), so that a
 # run containing it never looks like a run to drop; the placeholders are replaced afterwards. A
@@ -422,17 +420,21 @@ def _cuts(folded: str, marked: str | None, ascii_only: bool) -> list[tuple[int, 
             # (Most runs are one ASCII character, a newline: no need to ask `regex`.)
             if (end - start == 1 and marked[start] in _ASCII_SEPARATORS) or _SEPARATORS.fullmatch(marked, start, end):
                 cuts.append((start, end))
-    skeleton = b" " + folded.encode("utf-8", "surrogatepass").translate(_SKELETON) + b" "
-    if (_SPELLED_GATE_ASCII if ascii_only else _SPELLED_GATE).search(skeleton):
-        position = 0
-        while hint := _SPELLED_HINT.search(folded, position):
-            match = _SPELLED.match(folded, hint.start())
-            if match is None:
-                position = hint.start() + 1
-                continue
-            gap = len(match.group("gap"))
-            cuts.extend((start, start + gap) for start in range(match.start() + 1, match.end() - 1, gap + 1))
-            position = match.end()
+    encoded = folded.encode("utf-8", "surrogatepass")
+    skeleton = b" " + encoded.translate(_SKELETON) + b" "
+    gate = _SPELLED_GATE_ASCII if ascii_only else _SPELLED_GATE
+    position = 0  # in the skeleton: byte offset in `encoded` + 1
+    while hint := gate.search(skeleton, position):
+        # The hint's first byte is the one before the first letter: its offset in `encoded` is
+        # where the letter starts.
+        start = hint.start() if ascii_only else len(encoded[:hint.start()].decode("utf-8", "surrogatepass"))
+        match = _SPELLED.match(folded, start)
+        if match is None:
+            position = hint.start() + 1
+            continue
+        gap = len(match.group("gap"))
+        cuts.extend((start, start + gap) for start in range(match.start() + 1, match.end() - 1, gap + 1))
+        position = match.end() if ascii_only else len(folded[:match.end()].encode("utf-8", "surrogatepass"))
     cuts.sort()
     return cuts
 

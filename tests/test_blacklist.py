@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from filters.blacklist import Blacklist, Rule, RuleError, literal_atoms
+from filters.normalize import normalize
 
 RULES = [
     Rule("weapons.bomb", "illegal", "block", literals=("bomb", "炸弹"),
@@ -185,3 +186,30 @@ def test_mostly_ascii_text_finds_keys_around_its_few_non_ascii_characters():
     assert found == [("drug", "炸弹"), ("drug", "k粉"), ("site", "www.gaoav"), ("temp", "30 °C"), ("drug", "k粉")]
     for match in blacklist.scan(text):
         assert text[match.original_start:match.original_end] == match.matched
+
+
+_WINDOW_REGEXES = (r"\bkill(?:ed)?\b.{0,12}\bthem\b", r"(cook|make) .{0,6}meth", r"strasse \d{1,3}", r"(ab)+cde",
+                   r"炸.{0,3}弹")
+
+
+def test_regexes_searched_near_their_atoms_find_what_a_whole_text_search_finds():
+    # A regex with a bounded width runs only around its atoms' hits: the matches must be exactly
+    # those of one search over the whole normalised text.
+    import random
+
+    import regex
+
+    rules = [Rule(f"r{i}", "test", "flag", regexes=(source,)) for i, source in enumerate(_WINDOW_REGEXES)]
+    blacklist = Blacklist(rules)
+    # "(ab)+cde" can be any length: it searches the whole text.
+    assert [compiled.reach is not None for compiled in blacklist._compiled.regexes] == [True, True, True, False, True]
+    patterns = [regex.compile(source, regex.IGNORECASE | regex.V1) for source in _WINDOW_REGEXES]
+    pieces = ["kill", "killed", "them", "xkill", "themx", " ", "  ", ".", "cook", "make", "meth", "Straße", "12",
+              "1234", "ab", "cde", "炸", "弹", "x", "some filler words", "\n"]
+    rng = random.Random(7)
+    for _ in range(300):
+        text = "".join(rng.choices(pieces, k=rng.randint(1, 40)))
+        folded = normalize(text).text
+        expected = sorted((f"r{i}", hit.start(), hit.end()) for i, pattern in enumerate(patterns)
+                          for hit in pattern.finditer(folded))
+        assert sorted((m.rule_id, m.start, m.end) for m in blacklist.scan(text)) == expected, text
