@@ -458,13 +458,17 @@ class Blacklist:
         encoded = folded.encode("utf-8", "surrogatepass")
         words = encoded.translate(_WORD_BYTES).split()
         for word in compiled.word_set.intersection(words):
+            positions = _whole_word_positions(folded, word.decode())
             for kind, index in compiled.words[word]:
                 if kind == "literal":
-                    for start in _whole_word_positions(folded, word.decode()):
+                    for start in positions:
                         matches.append(self._match(index, normalized, start, start + len(word)))
-                else:
-                    rule_index, pattern = compiled.phrases[index]
-                    for hit in pattern.finditer(folded):
+                    continue
+                # A phrase's pattern starts with its gate word: tried where the word is.
+                rule_index, pattern = compiled.phrases[index]
+                for start in positions:
+                    hit = pattern.match(folded, start)
+                    if hit is not None:
                         matches.append(self._match(rule_index, normalized, hit.start("head"), hit.end()))
         for start, end, payloads in self._automaton_hits(folded, encoded):
             for kind, index in payloads:
