@@ -7,6 +7,7 @@ leaves its categories unknown instead of guessing 0, and the training loss ignor
 The mapping of every source, and why, is written down in classifiers/LABELS.md.
 
     python -m classifiers.data [DATA_DIR]    # prints counts per (lang, label, split) and per source
+    python -m classifiers.data --update-labels-md   # and writes the counts into LABELS.md
 """
 
 from __future__ import annotations
@@ -908,15 +909,30 @@ def sources_table(examples: list[Example]) -> str:
     return "\n".join(rows)
 
 
+LABELS_MD = Path(__file__).resolve().parent / "LABELS.md"
+_COUNTS_BLOCK = re.compile(r"(<!-- counts:begin -->\n).*?(<!-- counts:end -->)", re.DOTALL)
+
+
+def update_labels_md(table: str, path: Path = LABELS_MD) -> None:
+    """Rewrites the counts block of LABELS.md (a test checks it matches the data)."""
+    text = path.read_text(encoding="utf-8")
+    path.write_text(_COUNTS_BLOCK.sub(lambda m: f"{m.group(1)}{table}\n{m.group(2)}", text), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
+    """`python -m classifiers.data [DATA_DIR] [--update-labels-md]`"""
     argv = sys.argv[1:] if argv is None else argv
-    data_dir = Path(argv[0]) if argv else DEFAULT_DATA_DIR
+    positional = [a for a in argv if not a.startswith("--")]
+    data_dir = Path(positional[0]) if positional else DEFAULT_DATA_DIR
     examples = load_examples(data_dir)
     train, valid = split(examples)
+    table = counts_table(train, valid)
     print(f"{len(examples)} examples after de-duplication: {len(train)} train, {len(valid)} valid\n")
-    print(counts_table(train, valid))
+    print(table)
     print()
     print(sources_table(examples))
+    if "--update-labels-md" in argv:
+        update_labels_md(table)
 
 
 if __name__ == "__main__":
