@@ -168,7 +168,10 @@ _EN_CATEGORY_PATTERNS: dict[str, re.Pattern[str]] = {
     name: re.compile(pattern, re.IGNORECASE)
     for name, pattern in {
         "violence": r"\b(bombs?|explosives?|weapon\w*|firearms?|guns?|shoot\w*|kill(s|ed|ing|er|ers)?\b"
-        r"(?!\s+(myself|yourself|themselves|oneself|himself|herself))|murder\w*|assassin\w*|attacks?|terror\w*|"
+        r"(?!\s+(myself|yourself|themselves|oneself|himself|herself))|murder\w*|assassin\w*|terror\w*|"
+        # "attack" alone would catch DDoS and cyber attacks (illegal, not violence)
+        r"(armed|violent|physical|terrorist|knife|acid|vehicle-ramming) attacks?|"
+        r"attack (someone|people|a person|civilians)|"
         r"poison\w*|stab\w*|tortur\w*|massacre\w*|kidnap\w*|violen\w*|casualt\w*|genocide|hitm[ae]n|suicide vests?|"
         r"physical(ly)? harm\w*|harm (someone|others|people|a person)|assault\w*|hurt (someone|others|people))\b",
         "illegal": r"\b(hack\w*|malware|virus(es)?|ransomware|phishing|steal\w*|stole\w*|theft|fraud\w*|scam\w*|"
@@ -188,7 +191,7 @@ _EN_CATEGORY_PATTERNS: dict[str, re.Pattern[str]] = {
         "self_harm": r"\b(suicid\w*(?!\s+vest)|self-harm\w*|self harm\w*|self-inflicted|"
         r"cut(ting)? (myself|themselves|yourself|oneself)|starv\w* (myself|oneself|yourself|themselves)|"
         r"anorexi\w*|bulimi\w*|eating disorders?|kill (myself|themselves|yourself|oneself))\b",
-        "sexual": r"\b(porn\w*|sexual\w*|sex(?!\s+traffick)|nude\w*|naked|erotic\w*|fetish\w*|"
+        "sexual": r"\b(porn\w*|sexual\w*(?!\s+orientation)|sex(?!\s+traffick)|nude\w*|naked|erotic\w*|fetish\w*|"
         r"adult (content|movies?|websites?|sites?))\b",
         "sexual_minors": r"\b(child (porn\w*|sexual\w*)|underage|pedophil\w*|paedophil\w*|"
         r"sexual\w* (content|images?|material)? ?(involving|of|with) (a )?(child|children|minors?|kids?)|"
