@@ -5,18 +5,19 @@ The engine never scans pattern by pattern:
 * Literals that are ASCII words ("bomb", "pipe bomb") are looked up in one set: the text's words
   (runs of ASCII letters and digits) are cut out with two C-level byte operations and intersected
   with it. The words of a multi-word literal may be separated by any run of spaces and punctuation
-  ("pipe-bomb", "pipe.bomb", "pipe_bomb", "pipe  bomb"): its longest word goes into the set, and
-  only where that word occurs does a pattern for the whole phrase run.
+  ("pipe-bomb", "pipe.bomb", "pipe_bomb", "pipe  bomb"): its longest uncommon word goes into the
+  set, and a pattern for the whole phrase is tried only where that word occurs.
 * Every other literal (CJK, or with punctuation inside), and the literal atoms of every regex, go
   into one Aho-Corasick automaton (pyahocorasick); one pass over the text finds them and tells
   which regexes can possibly match, and only those run. An atom set is a set of strings of which
   every match of the regex contains one ("(cook|make) meth" → {"cook meth", "make meth"}). A regex
   with no atom set runs on every text and is listed by `Blacklist.slow_patterns` so that `policy
-  validate` can warn about it.
+  validate` can warn about it. A regex of bounded width runs only around its atoms' hits.
 
 pyahocorasick looks a character up among a trie node's children one by one, so a node with
 thousands of children (the root, with CJK keys) is slow: ASCII text is scanned with an automaton
-of the ASCII keys only, other text as UTF-8 bytes (at most 256 children a node).
+of the ASCII keys only, other text as UTF-8 bytes (at most 256 children a node), and mostly-ASCII
+text with the ASCII automaton plus the full one around its few non-ASCII characters.
 
 Rules match the output of `filters.normalize`, so the disguises it folds (full-width, homoglyphs,
 zero-width characters, inserted separators, traditional characters) do not hide a term; literals
