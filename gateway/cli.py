@@ -195,7 +195,7 @@ def policy_validate(file: Path) -> None:
     """Check FILE against the schema and compile its patterns; warn about slow regexes."""
     pipeline = _pipeline_or_exit(file)
     for rule_id, pattern in pipeline.slow_patterns():
-        click.echo(f"warning: rule {rule_id}: regex {pattern!r} has no literal atom: it runs on every text")
+        click.echo(f"warning: rule {rule_id}: regex {pattern!r} has no literal atoms: it runs on every text")
     click.echo(f"{file}: valid (version {pipeline.policy.version}, {len(pipeline.policy.tests)} golden tests)")
 
 
