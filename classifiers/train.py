@@ -1,0 +1,217 @@
+"""Fine-tuning the risk classifier on shared/data (classifiers/data.py), resumable, with progress.
+
+`full` trains every encoder weight (the base word embeddings stay frozen; the added CJK rows and the
+head train); `lora` trains low-rank adapters on the encoder's linear layers instead (peft), with the
+same added rows and head. Both are run off one loop so that they can be compared on equal terms.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from classifiers.data import Example, load_examples, split, training_mix
+from classifiers.model import LABELS, RiskModel, added_characters, base_model_dir, build_model, build_tokenizer
+from filters.normalize import normalize
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "full"  # full | lora
+    seed: int = 0
+    epochs: float = 1.0
+    batch_size: int = 32
+    max_length: int = 128
+    encoder_lr: float = 5e-5
+    new_rows_lr: float = 1e-3
+    head_lr: float = 1e-3
+    lora_rank: int = 16
+    max_per_source: int = 4000
+    max_train_examples: int | None = None  # a subset, for quick comparisons
+    max_valid_examples: int | None = None
+    max_minutes: float | None = None  # stop (and save) after this long
+    checkpoint_every: int = 200
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    normalised = [normalize(text).text for text in texts]
+    return tokenizer(normalised, truncation=True, max_length=max_length)["input_ids"]
+
+
+def batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Index batches of similar length (little padding), in random order."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    result = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start:start + chunk], key=lambda index: lengths[index])
+        result += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(result)
+    return result
+
+
+def collate(ids: list[list[int]], indexes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids[index]) for index in indexes)
+    input_ids = torch.zeros(len(indexes), width, dtype=torch.long)
+    attention = torch.zeros(len(indexes), width, dtype=torch.long)
+    for row, index in enumerate(indexes):
+        input_ids[row, :len(ids[index])] = torch.tensor(ids[index])
+        attention[row, :len(ids[index])] = 1
+    return input_ids, attention
+
+
+def label_tensors(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = torch.tensor([[example.labels[name] for name in LABELS] for example in examples], dtype=torch.float32)
+    mask = torch.tensor([[example.mask[name] for name in LABELS] for example in examples], dtype=torch.float32)
+    return labels, mask
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the precision-recall curve (step-wise, as scikit-learn's average_precision_score)."""
+    if truth.sum() == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    hits = truth[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / hits.sum())
+
+
+def _optimizer(model: RiskModel, config: TrainConfig) -> torch.optim.Optimizer:
+    new_rows = [model.encoder.embeddings.word_embeddings.new_rows]
+    head = list(model.head.parameters())
+    special = {id(parameter) for parameter in new_rows + head}
+    encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
+    return torch.optim.AdamW([
+        {"params": encoder, "lr": config.encoder_lr},
+        {"params": new_rows, "lr": config.new_rows_lr, "weight_decay": 0.0},
+        {"params": head, "lr": config.head_lr},
+    ], weight_decay=0.01)
+
+
+def _apply_lora(model: RiskModel, config: TrainConfig) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    for parameter in model.encoder.parameters():
+        parameter.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_dropout=0.05,
+                                       target_modules=["query", "key", "value", "dense"]), model.encoder)
+    model.encoder.embeddings.word_embeddings.new_rows.requires_grad_(True)
+
+
+def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
+    """Train into `out` (resuming from its checkpoint if there is one); returns the validation report."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    examples = load_examples(data_dir)
+    train_set, valid_set = split(examples)
+    mix = training_mix(train_set, config.seed, max_per_source=config.max_per_source)
+    if config.max_train_examples is not None:
+        mix = random.Random(config.seed).sample(mix, min(config.max_train_examples, len(mix)))
+    if config.max_valid_examples is not None:
+        valid_set = random.Random(config.seed).sample(valid_set, min(config.max_valid_examples, len(valid_set)))
+    base_dir = base_model_dir()
+    tokenizer_vocab = set(build_tokenizer(base_dir, []).get_vocab())
+    added = added_characters([example.text for example in train_set if example.lang == "zh"], tokenizer_vocab)
+    tokenizer = build_tokenizer(base_dir, added)
+    model = build_model(base_dir, len(added), config.seed)
+    if config.mode == "lora":
+        _apply_lora(model, config)
+    optimizer = _optimizer(model, config)
+    ids = encode(tokenizer, [example.text for example in mix], config.max_length)
+    labels, mask = label_tensors(mix)
+    steps_per_epoch = math.ceil(len(mix) / config.batch_size)
+    total_steps = max(1, int(steps_per_epoch * config.epochs))
+    warmup = max(1, total_steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup))))
+    step = 0
+    checkpoint = out / CHECKPOINT
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        if _training_settings(state["config"]) != _training_settings(asdict(config)):
+            raise ValueError(f"{checkpoint} was written with other settings; remove it or use the same ones")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+    progress = tqdm(total=total_steps, initial=step, desc=f"train ({config.mode})", unit="step")
+    model.train()
+    epoch_batches: list[list[int]] = []
+    out_of_time = False
+    while step < total_steps and not out_of_time:
+        epoch, position = divmod(step, steps_per_epoch)
+        if position == 0 or not epoch_batches:
+            # The order of an epoch depends only on the seed and the epoch: a resumed run sees the same batches.
+            epoch_batches = batches([len(row) for row in ids], config.batch_size, random.Random(config.seed + epoch))
+        for indexes in epoch_batches[position:]:
+            input_ids, attention = collate(ids, indexes)
+            logits = model(input_ids, attention)
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[indexes], reduction="none")
+            weight = mask[indexes]
+            loss = (losses * weight).sum() / weight.sum().clamp(min=1.0)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+            out_of_time = config.max_minutes is not None and time.monotonic() - started > config.max_minutes * 60
+            if step % config.checkpoint_every == 0 or step >= total_steps or out_of_time:
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, step, config)
+            if step >= total_steps or out_of_time:
+                break
+    progress.close()
+    report = evaluate(model, tokenizer, valid_set, config.max_length)
+    report.update(steps=step, total_steps=total_steps, train_examples=len(mix), added_tokens=len(added),
+                  minutes=round((time.monotonic() - started) / 60, 1), config=asdict(config))
+    (out / "validation.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return report
+
+
+def _training_settings(config: dict) -> dict:
+    """The settings a checkpoint must agree on to be resumed (not the time budget or the report's size)."""
+    return {key: value for key, value in config.items()
+            if key not in ("max_minutes", "max_valid_examples", "checkpoint_every")}
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: TrainConfig) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "config": asdict(config)}, temporary)
+    temporary.replace(path)  # a crash while saving leaves the previous checkpoint intact
+
+
+@torch.inference_mode()
+def evaluate(model: RiskModel, tokenizer, examples: list[Example], max_length: int, batch_size: int = 64) -> dict:
+    """AUPRC per label and language on `examples`, over the labels each example really has."""
+    model.eval()
+    ids = encode(tokenizer, [example.text for example in examples], max_length)
+    scores = np.zeros((len(examples), len(LABELS)), dtype=np.float32)
+    order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
+    for start in tqdm(range(0, len(order), batch_size), desc="validate", unit="batch"):
+        indexes = order[start:start + batch_size]
+        scores[indexes] = torch.sigmoid(model(*collate(ids, indexes))).numpy()
+    labels, mask = (tensor.numpy() for tensor in label_tensors(examples))
+    report: dict = {}
+    for lang in ("en", "zh"):
+        in_lang = np.array([example.lang == lang for example in examples])
+        for column, name in enumerate(LABELS):
+            known = in_lang & (mask[:, column] > 0)
+            ap = average_precision(scores[known, column], labels[known, column])
+            report[f"{lang}.{name}.auprc"] = None if math.isnan(ap) else round(ap, 4)
+    model.train()
+    return report
