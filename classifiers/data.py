@@ -843,6 +843,18 @@ def split(
     return train, valid
 
 
+def calibration_split(
+    train: list[Example], fraction: float = 0.05
+) -> tuple[list[Example], list[Example]]:
+    """(rest, calibration): a slice of the training split kept out of training, to fit the score
+    calibration on (never the validation split, which stays for reporting). Its own salted hash, so
+    it is independent of the validation split."""
+    keys = [e.group or split_key(e.text) for e in train]
+    chosen = [_hash01("calibration:" + key) < fraction for key in keys]
+    return ([e for e, c in zip(train, chosen, strict=True) if not c],
+            [e for e, c in zip(train, chosen, strict=True) if c])
+
+
 # ------------------------------------------------------------------------------------ training mix
 
 

@@ -127,5 +127,9 @@ def build_model(base_dir: Path, added: int, seed: int = 0) -> RiskModel:
     unk = words.weight[_base_vocab_lines(base_dir).index("[UNK]")].detach()
     noise = torch.randn(added, words.embedding_dim, generator=generator) * words.weight.std().item() * 0.5
     encoder.embeddings.word_embeddings = ExtendedEmbedding(words, unk + noise)
+    # Position and type embeddings stay the base's: the artifact then needs only the new rows of the
+    # embedding layer (and it keeps under its size budget). Their LayerNorm is trained like the others.
+    encoder.embeddings.position_embeddings.weight.requires_grad_(False)
+    encoder.embeddings.token_type_embeddings.weight.requires_grad_(False)
     torch.manual_seed(seed)
     return RiskModel(encoder)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from classifiers.data import Example, load_examples, split, training_mix
+from classifiers.artifact import ArtifactConfig, save_artifact
+from classifiers.data import Example, calibration_split, load_examples, split, training_mix
 from classifiers.model import LABELS, RiskModel, added_characters, base_model_dir, build_model, build_tokenizer
 from filters.normalize import normalize
 
@@ -116,6 +117,7 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
     torch.manual_seed(config.seed)
     examples = load_examples(data_dir)
     train_set, valid_set = split(examples)
+    train_set, calibration_set = calibration_split(train_set)
     mix = training_mix(train_set, config.seed, max_per_source=config.max_per_source)
     if config.max_train_examples is not None:
         mix = random.Random(config.seed).sample(mix, min(config.max_train_examples, len(mix)))
@@ -175,10 +177,18 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
             if step >= total_steps or out_of_time:
                 break
     progress.close()
-    report = evaluate(model, tokenizer, valid_set, config.max_length)
-    report.update(steps=step, total_steps=total_steps, train_examples=len(mix), added_tokens=len(added),
-                  minutes=round((time.monotonic() - started) / 60, 1), config=asdict(config))
+    model.eval()
+    calibration = calibrate(*logits_and_labels(model, tokenizer, calibration_set, config.max_length))
+    report = evaluate(model, tokenizer, valid_set, config.max_length, calibration)
+    report.update(steps=step, total_steps=total_steps, train_examples=len(mix), calibration_examples=len(
+        calibration_set), added_tokens=len(added), minutes=round((time.monotonic() - started) / 60, 1),
+        config=asdict(config))
     (out / "validation.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    save_artifact(model, ArtifactConfig(
+        added_characters=added, mode=config.mode, max_length=config.max_length,
+        lora_scale=2.0 if config.mode == "lora" else 1.0,  # lora_alpha / r
+        calibration={name: list(pair) for name, pair in zip(LABELS, calibration, strict=True)}, metrics=report,
+    ), out / "artifact")
     return report
 
 
@@ -196,22 +206,87 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config:
 
 
 @torch.inference_mode()
-def evaluate(model: RiskModel, tokenizer, examples: list[Example], max_length: int, batch_size: int = 64) -> dict:
-    """AUPRC per label and language on `examples`, over the labels each example really has."""
-    model.eval()
+def logits_and_labels(model: RiskModel, tokenizer, examples: list[Example], max_length: int,
+                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, labels, mask) over `examples` (first `max_length` tokens of each)."""
     ids = encode(tokenizer, [example.text for example in examples], max_length)
-    scores = np.zeros((len(examples), len(LABELS)), dtype=np.float32)
+    logits = np.zeros((len(examples), len(LABELS)), dtype=np.float32)
     order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
-    for start in tqdm(range(0, len(order), batch_size), desc="validate", unit="batch"):
+    for start in tqdm(range(0, len(order), batch_size), desc="score", unit="batch"):
         indexes = order[start:start + batch_size]
-        scores[indexes] = torch.sigmoid(model(*collate(ids, indexes))).numpy()
+        logits[indexes] = model(*collate(ids, indexes)).numpy()
     labels, mask = (tensor.numpy() for tensor in label_tensors(examples))
+    return logits, labels, mask
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
+    """Per label (scale, bias) on the logit: Platt scaling fitted on the calibration split, then the
+    bias shifted so that the F1-best threshold there lands on 0.5 — the policy's default threshold is
+    then the operating point. Labels with too few known positives keep (1, 0)."""
+    result = []
+    for column in range(logits.shape[1]):
+        known = mask[:, column] > 0
+        z, y = logits[known, column], labels[known, column]
+        if y.sum() < 20 or (1 - y).sum() < 20:
+            result.append((1.0, 0.0))
+            continue
+        scale, bias = _platt(z, y)
+        best = _f1_best_threshold_logit(z * scale + bias, y)
+        result.append((round(scale, 5), round(bias - best, 5)))
+    return result
+
+
+def _platt(logits: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """The (scale, bias) minimising log loss of sigmoid(scale * logit + bias) against `truth`."""
+    scale = torch.ones(1, requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    z, y = torch.from_numpy(logits), torch.from_numpy(truth)
+    optimizer = torch.optim.LBFGS([scale, bias], max_iter=200)
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(z * scale + bias, y)
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return scale.item(), bias.item()
+
+
+def _f1_best_threshold_logit(logits: np.ndarray, truth: np.ndarray) -> float:
+    order = np.argsort(-logits, kind="stable")
+    hits = np.cumsum(truth[order])
+    precision = hits / np.arange(1, len(order) + 1)
+    recall = hits / truth.sum()
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
+    return float(logits[order][int(np.argmax(f1))])
+
+
+def evaluate(model: RiskModel, tokenizer, examples: list[Example], max_length: int,
+             calibration: list[tuple[float, float]]) -> dict:
+    """Per label and language on `examples`, over the labels each example really has: AUPRC, and
+    precision, recall, F1 and false-positive rate at the calibrated threshold 0.5."""
+    logits, labels, mask = logits_and_labels(model, tokenizer, examples, max_length)
+    scale = np.array([pair[0] for pair in calibration], dtype=np.float32)
+    bias = np.array([pair[1] for pair in calibration], dtype=np.float32)
+    scores = 1.0 / (1.0 + np.exp(-(logits * scale + bias)))
     report: dict = {}
-    for lang in ("en", "zh"):
-        in_lang = np.array([example.lang == lang for example in examples])
+    for lang in ("en", "zh", "all"):
+        in_lang = np.array([lang == "all" or example.lang == lang for example in examples])
         for column, name in enumerate(LABELS):
             known = in_lang & (mask[:, column] > 0)
-            ap = average_precision(scores[known, column], labels[known, column])
-            report[f"{lang}.{name}.auprc"] = None if math.isnan(ap) else round(ap, 4)
-    model.train()
+            truth, score = labels[known, column], scores[known, column]
+            if truth.sum() == 0:
+                continue
+            predicted = score >= 0.5
+            true_positives = float((predicted & (truth > 0)).sum())
+            precision = true_positives / max(1, int(predicted.sum()))
+            recall = true_positives / float(truth.sum())
+            report[f"{lang}.{name}"] = {
+                "auprc": round(average_precision(score, truth), 4),
+                "precision": round(precision, 4), "recall": round(recall, 4),
+                "f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4),
+                "fpr": round(float((predicted & (truth == 0)).sum()) / max(1, (truth == 0).sum()), 4),
+                "positives": int(truth.sum()), "negatives": int((truth == 0).sum()),
+            }
     return report

