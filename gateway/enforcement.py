@@ -20,7 +20,7 @@ from starlette.types import Scope
 
 from gateway.errors import POLICY_BLOCKED_INPUT, POLICY_BLOCKED_OUTPUT, GatewayError
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
-from gateway.pipeline import ALLOW, Context, Pipeline, Verdict
+from gateway.pipeline import ALLOW, Context, Pipeline, Verdict, strongest
 from gateway.streaming import RawResponse
 from policies.schema import Direction, policy_digest
 
@@ -38,7 +38,7 @@ class Enforcer:
     async def verdicts(self, texts: list[str], scope: Scope, direction: Direction) -> list[Verdict]:
         state = scope["state"]
         ctx = Context(direction, state.get("tenant"), scope["path"], state.get("request_id", ""))
-        return [await self.pipeline.inspect([text], ctx) for text in texts]
+        return await self.pipeline.inspect_each(texts, ctx)
 
     def record(self, scope: Scope, direction: Direction, verdict: Verdict) -> None:
         if verdict.action != "allow":
@@ -66,7 +66,7 @@ class Enforcer:
         """Inspect `texts`; raise the coded error on a block (error mode), or return the verdict and
         `raw` — re-serialised with the matched spans masked when the verdict is redact."""
         verdicts = await self.verdicts(texts, scope, direction)
-        verdict = _strongest(verdicts)
+        verdict = strongest(verdicts)
         self.record(scope, direction, verdict)
         if verdict.action == "block" and self.policy.on_block.mode == "error":
             kind = POLICY_BLOCKED_INPUT if direction == "input" else POLICY_BLOCKED_OUTPUT
@@ -133,11 +133,6 @@ class StreamChecker:
         self.held.clear()
         self.held_chars = 0
         return released
-
-
-def _strongest(verdicts: list[Verdict]) -> Verdict:
-    order = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
-    return max(verdicts, key=lambda verdict: order[verdict.action], default=ALLOW)
 
 
 def _replace_strings(value: object, replacements: dict[str, str]) -> object:

@@ -6,12 +6,24 @@ request is the strongest of its stages' (block > redact > flag > allow), the fir
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from classifiers.labels import ClassifierError
 from filters.blacklist import Blacklist, Rule, RuleError
-from policies.schema import Action, BlacklistStage, Direction, GoldenTest, Policy, PolicyError, Stage, load_policy
+from policies.schema import (
+    Action,
+    BlacklistStage,
+    ClassifierStage,
+    Direction,
+    GoldenTest,
+    Policy,
+    PolicyError,
+    Stage,
+    load_policy,
+)
 from policies.yaml_source import line_of, parse_yaml
 
 _SEVERITY = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
@@ -33,6 +45,7 @@ class Verdict:
     rule_id: str | None = None
     stage: str | None = None
     replacement: str | None = None  # the redacted text, for `redact`
+    scores: dict[str, float] | None = None  # every label's score, from a scoring stage
 
 
 ALLOW = Verdict()
@@ -40,6 +53,34 @@ ALLOW = Verdict()
 
 class Inspector(Protocol):
     async def inspect(self, text: str, ctx: Context) -> Verdict: ...
+
+
+class ClassifierInspector:
+    """The risk classifier stage. Texts of one request are scored concurrently, so that the
+    micro-batcher puts them (and other requests') into one batch."""
+
+    name = "classifier"
+    concurrent = True
+
+    def __init__(self, stage: ClassifierStage) -> None:
+        from classifiers.registry import shared_batcher  # torch loads only where a policy uses the classifier
+
+        self.batcher = shared_batcher(stage.model, stage.quantize)
+        self.block = stage.block
+        self.flag = stage.flag
+
+    async def inspect(self, text: str, ctx: Context) -> Verdict:
+        if not text.strip():
+            return ALLOW
+        row = await self.batcher.score(text)
+        scores = {name: round(float(value), 4) for name, value in zip(self.batcher.labels, row, strict=True)}
+        for action, thresholds in (("block", self.block), ("flag", self.flag)):
+            over = [(scores[label] - threshold, label) for label, threshold in thresholds.items()
+                    if scores[label] >= threshold]
+            if over:
+                label = max(over)[1]
+                return Verdict(action, label, scores[label], f"classifier.{label}", self.name, scores=scores)
+        return Verdict(scores=scores, stage=self.name)
 
 
 class BlacklistInspector:
@@ -79,6 +120,8 @@ def _redacted(text: str, spans: list[tuple[int, int]], mask: str) -> str:
 def _inspector(stage: Stage) -> Inspector:
     if isinstance(stage, BlacklistStage):
         return BlacklistInspector(stage)
+    if isinstance(stage, ClassifierStage):
+        return ClassifierInspector(stage)
     raise TypeError(f"no inspector for stage {stage!r}")
 
 
@@ -114,16 +157,32 @@ class Pipeline:
             results.append(GoldenResult(test, await self.inspect([test.text], ctx)))
         return results
 
+    async def inspect_each(self, texts: list[str], ctx: Context) -> list[Verdict]:
+        """One verdict per text, the strongest of its stages' (the earlier stage's on a tie; an
+        allow that carries scores beats a bare one). A text already blocked skips later stages."""
+        verdicts = [ALLOW] * len(texts)
+        for inspector in self._inspectors(ctx):
+            pending = [index for index, verdict in enumerate(verdicts) if verdict.action != "block"]
+            if not pending:
+                break
+            if getattr(inspector, "concurrent", False):
+                found = await asyncio.gather(*(inspector.inspect(texts[index], ctx) for index in pending))
+            else:
+                found = [await inspector.inspect(texts[index], ctx) for index in pending]
+            for index, verdict in zip(pending, found, strict=True):
+                current = verdicts[index]
+                if _SEVERITY[verdict.action] > _SEVERITY[current.action] or (
+                        verdict.action == current.action and current.scores is None and verdict.scores is not None):
+                    verdicts[index] = verdict
+        return verdicts
+
     async def inspect(self, texts: list[str], ctx: Context) -> Verdict:
-        verdict = ALLOW
-        for text in texts:
-            for inspector in self._inspectors(ctx):
-                found = await inspector.inspect(text, ctx)
-                if _SEVERITY[found.action] > _SEVERITY[verdict.action]:
-                    verdict = found
-                    if verdict.action == "block":
-                        return verdict
-        return verdict
+        return strongest(await self.inspect_each(texts, ctx))
+
+
+def strongest(verdicts: list[Verdict]) -> Verdict:
+    """The most severe verdict, the first one on a tie; ALLOW for none."""
+    return max(verdicts, key=lambda verdict: _SEVERITY[verdict.action], default=ALLOW)
 
 
 @dataclass(frozen=True)
@@ -164,6 +223,6 @@ def load_pipeline(path: Path) -> Pipeline:
     pipeline = Pipeline(load_policy(path))
     try:
         pipeline.compile_all()
-    except RuleError as exc:
+    except (RuleError, ClassifierError) as exc:
         raise PolicyError(f"{path}: {exc}") from None
     return pipeline

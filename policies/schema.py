@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from classifiers.labels import LABELS
 from filters.normalize import normalize
 from policies.yaml_source import YamlDocument, YamlSourceError, line_of, parse_yaml
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     import yaml
 
 Action = Literal["allow", "flag", "redact", "block"]
+Label = Literal[LABELS]
 Direction = Literal["input", "output"]
 _STRICT = ConfigDict(extra="forbid")
 
@@ -91,7 +93,23 @@ class BlacklistStage(BaseModel):
         return self
 
 
-Stage = Annotated[BlacklistStage, Field(discriminator="type")]
+class ClassifierStage(BaseModel):
+    """The risk classifier: a text scoring at or above a `block` threshold is blocked, else at or
+    above a `flag` threshold flagged. Thresholds are per label; each direction has its own stages,
+    so its own thresholds."""
+
+    model_config = _STRICT
+    type: Literal["classifier"]
+    # `builtin` = the artifact shipped in classifiers/; else a directory (relative to the policy file):
+    # a wardgate artifact, or any local BERT sequence-classification checkpoint whose labels are ours.
+    model: Annotated[str, Field(min_length=1)] = "builtin"
+    quantize: Literal["int8", "none"] = "int8"
+    block: dict[Label, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: {"unsafe": 0.5})
+    flag: dict[Label, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+
+
+Stage = Annotated[BlacklistStage | ClassifierStage, Field(discriminator="type")]
+STAGE_TYPES = ("blacklist", "classifier")
 
 
 class DirectionStages(BaseModel):
@@ -301,10 +319,26 @@ def load_policy(path: Path) -> Policy:
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False):
-            loc = [part for part in error["loc"] if not (isinstance(part, str) and part == "blacklist")]
+            loc = [part for part in error["loc"] if part not in STAGE_TYPES]  # pydantic's union tags
             field = ".".join(str(part) for part in loc) or "(top level)"
             message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
             lines.append(f"{path}:{line_of(document.root, loc)}: {field}: {message}")
         raise PolicyError("\n".join(lines)) from None
     policy._sources = ((_absolute(path), data), *_read_lexicons(policy, path, document.root))
+    _resolve_classifier_models(policy, path, document.root)
     return policy
+
+
+def _resolve_classifier_models(policy: Policy, path: Path, root: yaml.Node | None) -> None:
+    """Make each classifier stage's `model` directory absolute (relative to the policy file), and
+    refuse one that does not exist. The model is loaded later, by the gateway: policies/ loads none."""
+    for location, stages in policy.stage_lists():
+        for index, stage in enumerate(stages):
+            if not isinstance(stage, ClassifierStage) or stage.model == "builtin":
+                continue
+            directory = Path(stage.model) if Path(stage.model).is_absolute() else path.parent / stage.model
+            if not directory.is_dir():
+                line = line_of(root, [*location, index, "model"])
+                raise PolicyError(f"{path}:{line}: {'.'.join(map(str, location))}.{index}.model: "
+                                  f"no model directory {stage.model!r} (looked in {directory})")
+            stage.model = str(_absolute(directory))
