@@ -1,23 +1,16 @@
 """The multi-pattern blacklist: literals and `regex` patterns matched in one pass over normalised text.
 
-The engine never scans pattern by pattern:
+The engine never scans pattern by pattern. Every literal and the literal atoms of every regex go
+into one Aho-Corasick automaton (`ahocorasick-rs`, a DFA over UTF-8 bytes); one overlapping pass
+over the text finds every occurrence of every key, and tells which regexes can possibly match:
+only those run. An atom set is a set of strings of which every match of the regex contains one
+("(cook|make) meth" → {"cook meth", "make meth"}). A regex with no atom set runs on every text and
+is listed by `Blacklist.slow_patterns` so that `policy validate` can warn about it. A regex of
+bounded width runs only around its atoms' hits.
 
-* Literals that are ASCII words ("bomb", "pipe bomb") are looked up in one set: the text's words
-  (runs of ASCII letters and digits) are cut out with two C-level byte operations and intersected
-  with it. The words of a multi-word literal may be separated by any run of spaces and punctuation
-  ("pipe-bomb", "pipe.bomb", "pipe_bomb", "pipe  bomb"): its longest uncommon word goes into the
-  set, and a pattern for the whole phrase is tried only where that word occurs.
-* Every other literal (CJK, or with punctuation inside), and the literal atoms of every regex, go
-  into one Aho-Corasick automaton (pyahocorasick); one pass over the text finds them and tells
-  which regexes can possibly match, and only those run. An atom set is a set of strings of which
-  every match of the regex contains one ("(cook|make) meth" → {"cook meth", "make meth"}). A regex
-  with no atom set runs on every text and is listed by `Blacklist.slow_patterns` so that `policy
-  validate` can warn about it. A regex of bounded width runs only around its atoms' hits.
-
-pyahocorasick looks a character up among a trie node's children one by one, so a node with
-thousands of children (the root, with CJK keys) is slow: ASCII text is scanned with an automaton
-of the ASCII keys only, other text as UTF-8 bytes (at most 256 children a node), and mostly-ASCII
-text with the ASCII automaton plus the full one around its few non-ASCII characters.
+The words of a literal of several ASCII words ("pipe bomb") may be separated by any run of spaces
+and punctuation ("pipe-bomb", "pipe.bomb", "pipe_bomb", "pipe  bomb"): its longest uncommon word
+is the automaton's key, and a pattern for the whole phrase is tried only where that word occurs.
 
 Rules match the output of `filters.normalize`, so the disguises it folds (full-width, homoglyphs,
 zero-width characters, inserted separators, traditional characters) do not hide a term; literals
@@ -32,11 +25,11 @@ import re
 import re._constants as sre_constants
 import re._parser as sre_parser
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import product
 from typing import Literal
 
-import ahocorasick
+import ahocorasick_rs
 import regex
 
 from filters.normalize import NormalizedText, fold, normalize, prepare
@@ -344,11 +337,8 @@ def _is_word_char(char: str) -> bool:
     return char.isascii() and char.isalnum()
 
 
-# Bytes of the UTF-8 text that belong to words (ASCII letters and digits) stay, others become spaces.
-_WORD_BYTES = bytes(byte if chr(byte).isascii() and chr(byte).isalnum() else ord(" ") for byte in range(256))
-_WORDS_LITERAL = re.compile(r"[a-z0-9]+(?:\s+[a-z0-9]+)*")
-_NON_ASCII_MASK = bytes(0 if byte < 0x80 else 1 for byte in range(256))
-# What may separate the words of a phrase.
+# A literal of two or more ASCII words: a phrase, whose words may be separated by anything in _GAP.
+_PHRASE = re.compile(r"[a-z0-9]+(?:\s+[a-z0-9]+)+")
 _GAP = r"[\p{P}\p{S}\s]+"
 # Never a phrase's gate while it has a rarer word: these occur in most texts.
 _COMMON_WORDS = frozenset({
@@ -363,16 +353,16 @@ _COMMON_WORDS = frozenset({
 
 @dataclass
 class _Compiled:
-    # Word literals: word → ("literal", rule index) | ("phrase", phrase index)
-    words: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)
-    word_set: frozenset[bytes] = frozenset()
-    phrases: list[tuple[int, regex.Pattern]] = field(default_factory=list)
-    # Other literals and regex atoms: automata over ASCII text and over UTF-8 bytes.
-    ascii_automaton: ahocorasick.Automaton = field(default_factory=ahocorasick.Automaton)
-    bytes_automaton: ahocorasick.Automaton = field(default_factory=ahocorasick.Automaton)
-    regexes: list[_CompiledRegex] = field(default_factory=list)
-    always: list[int] = field(default_factory=list)  # regexes without atoms
-    widest_non_ascii_key: int = 0  # in UTF-8 bytes
+    # Every literal, phrase gate word and regex atom, as UTF-8: the str automaton cannot take a lone
+    # surrogate (in a key it silently drops the keys after it, in a text it raises), bytes can.
+    automaton: ahocorasick_rs.BytesAhoCorasick
+    # By key: its length in characters, and what a hit means: ("literal", rule index), ("phrase",
+    # phrase index) or ("regex", regex index).
+    key_lengths: list[int]
+    payloads: list[list[tuple[str, int]]]
+    phrases: list[tuple[int, regex.Pattern]]
+    regexes: list[_CompiledRegex]
+    always: list[int]  # regexes without atoms
 
 
 class Blacklist:
@@ -388,15 +378,16 @@ class Blacklist:
         self._compiled = self._compile(rules)
 
     def _compile(self, rules: list[Rule]) -> _Compiled:
-        compiled = _Compiled()
         keys: dict[str, list[tuple[str, int]]] = {}
+        phrases: list[tuple[int, regex.Pattern]] = []
+        regexes: list[_CompiledRegex] = []
         for index, rule in enumerate(rules):
             for literal in rule.literals:
                 key = normalize(literal).text
                 if not key:
                     raise RuleError(f"rule {rule.id}: literal {literal!r} is empty once normalised")
-                if _WORDS_LITERAL.fullmatch(key):
-                    self._add_words(compiled, key.split(), index)
+                if _PHRASE.fullmatch(key):
+                    self._add_phrase(keys, phrases, key.split(), index)
                 else:
                     keys.setdefault(key, []).append(("literal", index))
             for source in rule.regexes:
@@ -406,44 +397,32 @@ class Blacklist:
                     raise RuleError(f"rule {rule.id}: invalid regex {source!r}: {exc}") from None
                 atoms = literal_atoms(source)
                 reach = match_reach(source) if atoms is not None else None
-                compiled.regexes.append(_CompiledRegex(index, source, pattern, atoms, reach))
-                if atoms is None:
-                    compiled.always.append(len(compiled.regexes) - 1)
+                regexes.append(_CompiledRegex(index, source, pattern, atoms, reach))
                 for atom in atoms or ():
-                    keys.setdefault(atom, []).append(("regex", len(compiled.regexes) - 1))
-        compiled.word_set = frozenset(compiled.words)
-        for key in _by_character_frequency(keys):
-            value = (len(key), keys[key], key.isascii())
-            encoded = key.encode("utf-8", "surrogatepass")
-            if key.isascii():
-                compiled.ascii_automaton.add_word(key, value)
-            else:
-                compiled.widest_non_ascii_key = max(compiled.widest_non_ascii_key, len(encoded))
-            compiled.bytes_automaton.add_word(encoded.decode("latin-1"), value)
-        for automaton in (compiled.ascii_automaton, compiled.bytes_automaton):
-            if len(automaton):
-                automaton.make_automaton()
-        return compiled
+                    keys.setdefault(atom, []).append(("regex", len(regexes) - 1))
+        # Overlapping search (every key at every place, not only the leftmost-longest) needs the
+        # standard match kind; the DFA is the fastest automaton to search.
+        automaton = ahocorasick_rs.BytesAhoCorasick(
+            [key.encode("utf-8", "surrogatepass") for key in keys], matchkind=ahocorasick_rs.MATCHKIND_STANDARD,
+            implementation=ahocorasick_rs.Implementation.DFA)
+        return _Compiled(automaton, list(map(len, keys)), list(keys.values()), phrases, regexes,
+                         [index for index, compiled in enumerate(regexes) if compiled.atoms is None])
 
     @staticmethod
-    def _add_words(compiled: _Compiled, words: list[str], rule_index: int) -> None:
-        if len(words) == 1:
-            compiled.words.setdefault(words[0].encode(), []).append(("literal", rule_index))
-            return
-        # A phrase: one of its words (the longest uncommon one) gates a pattern with any separators
-        # between the words. The pattern starts with that word, so that `regex` searches for it as a
-        # literal; the words before it are matched backwards, in a look-behind whose group gives the
-        # start of the match. Spelled out letter by letter ("p i p e b o m b") the phrase normalises
-        # to one word, matched as such.
+    def _add_phrase(keys: dict[str, list[tuple[str, int]]], phrases: list[tuple[int, regex.Pattern]],
+                    words: list[str], rule_index: int) -> None:
+        # One of its words (the longest uncommon one) gates a pattern with any separators between
+        # the words. The pattern starts with that word, so that it can be tried where the word is;
+        # the words before it are matched backwards, in a look-behind whose group gives the start of
+        # the match. Spelled out letter by letter ("p i p e b o m b") the phrase normalises to one
+        # word, matched as such.
         gate_index = max(range(len(words)), key=lambda i: (words[i] not in _COMMON_WORDS, len(words[i])))
         gate = words[gate_index]
         head = "".join(f"{word}{_GAP}" for word in words[:gate_index]) + gate
         tail = "".join(f"{_GAP}{word}" for word in words[gate_index + 1:])
-        pattern = regex.compile(rf"{gate}(?<=(?<![a-z0-9])(?P<head>{head})){tail}(?![a-z0-9])")
-        compiled.phrases.append((rule_index, pattern))
-        gate = gate.encode()
-        compiled.words.setdefault(gate, []).append(("phrase", len(compiled.phrases) - 1))
-        compiled.words.setdefault("".join(words).encode(), []).append(("literal", rule_index))
+        phrases.append((rule_index, regex.compile(rf"{gate}(?<=(?<![a-z0-9])(?P<head>{head})){tail}(?![a-z0-9])")))
+        keys.setdefault(gate, []).append(("phrase", len(phrases) - 1))
+        keys.setdefault("".join(words), []).append(("literal", rule_index))
 
     @property
     def slow_patterns(self) -> list[tuple[str, str]]:
@@ -456,27 +435,19 @@ class Blacklist:
         compiled = self._compiled
         matches: list[Match] = []
         candidates: dict[int, list[tuple[int, int]]] = {index: [] for index in compiled.always}
-        encoded = folded.encode("utf-8", "surrogatepass")
-        words = encoded.translate(_WORD_BYTES).split()
-        for word in compiled.word_set.intersection(words):
-            positions = _whole_word_positions(folded, word.decode())
-            for kind, index in compiled.words[word]:
-                if kind == "literal":
-                    for start in positions:
-                        matches.append(self._match(index, normalized, start, start + len(word)))
+        for key, start, end in self._hits(folded):
+            for kind, index in compiled.payloads[key]:
+                if kind == "regex":
+                    candidates.setdefault(index, []).append((start, end))
+                elif not _whole_word(folded, start, end):
                     continue
-                # A phrase's pattern starts with its gate word: tried where the word is.
-                rule_index, pattern = compiled.phrases[index]
-                for start in positions:
+                elif kind == "literal":
+                    matches.append(self._match(index, normalized, start, end))
+                else:
+                    rule_index, pattern = compiled.phrases[index]
                     hit = pattern.match(folded, start)
                     if hit is not None:
                         matches.append(self._match(rule_index, normalized, hit.start("head"), hit.end()))
-        for start, end, payloads in self._automaton_hits(folded, encoded):
-            for kind, index in payloads:
-                if kind == "regex":
-                    candidates.setdefault(index, []).append((start, end))
-                elif _whole_word(folded, start, end):
-                    matches.append(self._match(index, normalized, start, end))
         for index in sorted(candidates):
             compiled_regex = compiled.regexes[index]
             for window_start, window_end in _windows(candidates[index], compiled_regex.reach, len(folded)):
@@ -486,55 +457,19 @@ class Blacklist:
         kept = [match for match in matches if not self._allowed(match, folded)]
         return sorted(kept, key=lambda match: (match.start, match.end, match.rule_id))
 
-    def _automaton_hits(self, folded: str, encoded: bytes) -> list[tuple[int, int, list[tuple[str, int]]]]:
-        """(start, end, payloads) of every automaton key in `folded`, in characters."""
-        compiled = self._compiled
-        if len(encoded) == len(folded):  # ASCII
-            return self._ascii_hits(folded)
-        if (len(encoded) - len(folded)) * 16 >= len(folded):
-            return self._byte_hits(encoded, [(0, len(encoded))], ascii_keys=True)
-        # Mostly ASCII (a degree sign, an accent): the ASCII keys' automaton over the text, and the
-        # automaton of every key only around the non-ASCII characters, as far as the widest key
-        # containing one of them reaches.
-        reach = compiled.widest_non_ascii_key - 1
-        mask = encoded.translate(_NON_ASCII_MASK)
-        windows: list[tuple[int, int]] = []
-        start = mask.find(1)
-        while start != -1 and reach >= 0:
-            end = mask.find(0, start)
-            end = len(encoded) if end == -1 else end
-            window = (max(0, start - reach), min(len(encoded), end + reach))
-            if windows and window[0] <= windows[-1][1]:
-                windows[-1] = (windows[-1][0], window[1])
-            else:
-                windows.append(window)
-            start = mask.find(1, end)
-        return self._ascii_hits(folded) + self._byte_hits(encoded, windows, ascii_keys=False)
-
-    def _ascii_hits(self, folded: str) -> list[tuple[int, int, list[tuple[str, int]]]]:
-        automaton = self._compiled.ascii_automaton
-        if not len(automaton):
-            return []
-        return [(end + 1 - length, end + 1, payloads) for end, (length, payloads, _) in automaton.iter(folded)]
-
-    def _byte_hits(self, encoded: bytes, windows: list[tuple[int, int]],
-                   ascii_keys: bool) -> list[tuple[int, int, list[tuple[str, int]]]]:
-        """Hits of the UTF-8 automaton in `windows` (byte ranges, in order), in characters."""
-        automaton = self._compiled.bytes_automaton
-        if not len(automaton):
-            return []
-        result, chars, last = [], 0, 0
-        for window_start, window_end in windows:
-            for byte_end, (length, payloads, is_ascii) in automaton.iter(
-                    encoded[window_start:window_end].decode("latin-1")):
-                if is_ascii and not ascii_keys:
-                    continue
-                # Byte offsets → character offsets, in one pass over the hits in order. A key is
-                # whole UTF-8 characters, and UTF-8 never matches in the middle of a character.
-                byte_end += window_start + 1
-                chars += len(encoded[last:byte_end].decode("utf-8", "surrogatepass"))
-                last = byte_end
-                result.append((chars - length, chars, payloads))
+    def _hits(self, folded: str) -> list[tuple[int, int, int]]:
+        """(key, start, end) of every key in `folded`, in characters, in the order of their ends."""
+        encoded = folded.encode("utf-8", "surrogatepass")
+        hits = self._compiled.automaton.find_matches_as_indexes(encoded, overlapping=True)
+        if len(encoded) == len(folded):  # ASCII: a byte is a character
+            return hits
+        # Byte offsets → character offsets, in one pass over the hits. A key is whole UTF-8
+        # characters, and UTF-8 never matches in the middle of a character.
+        lengths, result, chars, last = self._compiled.key_lengths, [], 0, 0
+        for key, _, byte_end in hits:
+            chars += len(encoded[last:byte_end].decode("utf-8", "surrogatepass"))
+            last = byte_end
+            result.append((key, chars - lengths[key], chars))
         return result
 
     def _match(self, rule_index: int, normalized: NormalizedText, start: int, end: int) -> Match:
@@ -554,16 +489,6 @@ class Blacklist:
         return False
 
 
-def _by_character_frequency(keys: dict[str, object]) -> list[str]:
-    """The keys in the order that puts, at each trie node, the children for the characters most
-    common among all keys first: pyahocorasick tries a node's children in insertion order."""
-    counts: dict[str, int] = {}
-    for key in keys:
-        for char in key:
-            counts[char] = counts.get(char, 0) + 1
-    return sorted(keys, key=lambda key: [-counts[char] for char in key])
-
-
 def _windows(atom_spans: list[tuple[int, int]], reach: int | None, length: int) -> list[tuple[int, int]]:
     """Where a regex can match: around its atoms' hits as far as it reaches (merged, in order), or
     the whole text. Matches in separate windows cannot overlap, so searching each window finds
@@ -578,18 +503,6 @@ def _windows(atom_spans: list[tuple[int, int]], reach: int | None, length: int) 
         else:
             windows.append(window)
     return windows
-
-
-def _whole_word_positions(text: str, word: str) -> list[int]:
-    positions = []
-    position = text.find(word)
-    while position != -1:
-        end = position + len(word)
-        if not (position > 0 and _is_word_char(text[position - 1])) and not (
-                end < len(text) and _is_word_char(text[end])):
-            positions.append(position)
-        position = text.find(word, position + 1)
-    return positions
 
 
 def _whole_word(text: str, start: int, end: int) -> bool:

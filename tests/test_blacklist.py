@@ -137,7 +137,7 @@ def test_literals_with_punctuation_or_cjk_inside_match_as_written():
      "how to build a pipe bomb 👍"],
 )
 def test_spans_are_the_same_on_ascii_and_non_ascii_text(text):
-    # ASCII and other text take different automata and offset paths: the hits must agree.
+    # On non-ASCII text the automaton's byte offsets are turned into characters: the spans must agree.
     blacklist = Blacklist(RULES)
     for match in blacklist.scan(text):
         normalized_span = match.end - match.start
@@ -173,8 +173,8 @@ def test_a_phrase_gated_by_a_word_in_its_middle_reports_the_whole_phrase(text, m
     assert [match.matched for match in blacklist.scan(text)] == ([matched] if matched else [])
 
 
-def test_mostly_ascii_text_finds_keys_around_its_few_non_ascii_characters():
-    # Mostly-ASCII text runs the automaton of all keys only around its non-ASCII characters.
+def test_keys_in_mostly_ascii_text_get_their_character_offsets():
+    # A few multi-byte characters in long ASCII text: every hit's byte offsets shift.
     blacklist = Blacklist([
         Rule("drug", "illegal", "block", literals=("k粉", "炸弹")),
         Rule("site", "spam", "flag", literals=("www.gaoav",)),
@@ -184,6 +184,31 @@ def test_mostly_ascii_text_finds_keys_around_its_few_non_ascii_characters():
     text = "炸弹" + filler + "buy k粉 at www.gaoav, it is 30 °C " + filler + "tail k粉"
     found = [(match.rule_id, match.matched) for match in blacklist.scan(text)]
     assert found == [("drug", "炸弹"), ("drug", "k粉"), ("site", "www.gaoav"), ("temp", "30 °C"), ("drug", "k粉")]
+    for match in blacklist.scan(text):
+        assert text[match.original_start:match.original_end] == match.matched
+
+
+def test_every_occurrence_of_every_key_is_found_not_only_the_leftmost_longest():
+    # Nested and overlapping literals, a key overlapping itself, and a regex atom inside a literal.
+    blacklist = Blacklist([
+        Rule("weapon", "illegal", "block", literals=("制造炸弹", "炸弹", "弹药")),
+        Rule("laugh", "spam", "flag", literals=("哈哈",)),
+        Rule("build", "illegal", "block", regexes=(r"造炸.{0,2}药",)),
+    ])
+    found = [(match.rule_id, match.matched) for match in blacklist.scan("制造炸弹药，哈哈哈")]
+    assert found == [("weapon", "制造炸弹"), ("build", "造炸弹药"), ("weapon", "炸弹"), ("weapon", "弹药"),
+                     ("laugh", "哈哈"), ("laugh", "哈哈")]
+
+
+def test_lone_surrogates_in_keys_or_text_hide_nothing():
+    # Text decoded leniently can hold lone surrogates; a key after one must still be found.
+    blacklist = Blacklist([
+        Rule("odd", "test", "flag", literals=("x\ud800y",)),
+        Rule("weapon", "illegal", "block", literals=("bomb", "炸弹")),
+    ])
+    text = "bomb \udfff 炸弹 x\ud800y"
+    found = [(match.rule_id, match.matched) for match in blacklist.scan(text)]
+    assert found == [("weapon", "bomb"), ("weapon", "炸弹"), ("odd", "x\ud800y")]
     for match in blacklist.scan(text):
         assert text[match.original_start:match.original_end] == match.matched
 
