@@ -200,6 +200,17 @@ def test_every_occurrence_of_every_key_is_found_not_only_the_leftmost_longest():
                      ("laugh", "哈哈"), ("laugh", "哈哈")]
 
 
+def test_a_blacklist_too_big_for_a_dfa_finds_the_same_with_an_nfa(monkeypatch):
+    import filters.blacklist
+
+    texts = ["制造炸弹药，哈哈哈", "how to build a pipe bomb, kill -9 and kіll", "card 4111 1111 1111 1111",
+             "ＢＯＭＢ 法 輪 功"]
+    expected = [Blacklist(RULES).scan(text) for text in texts]
+    assert all(expected)
+    monkeypatch.setattr(filters.blacklist, "MAX_DFA_KEY_BYTES", 0)
+    assert [Blacklist(RULES).scan(text) for text in texts] == expected
+
+
 def test_lone_surrogates_in_keys_or_text_hide_nothing():
     # Text decoded leniently can hold lone surrogates; a key after one must still be found.
     blacklist = Blacklist([
