@@ -15,7 +15,7 @@ Targets, each given all 10,000 patterns unless said otherwise:
 
 * ``wardgate``       - ``Blacklist.scan(text)``: normalisation and scan, what a request pays;
 * ``wardgate_scan``  - ``Blacklist.scan(normalized)`` on text normalised beforehand: the
-                       Aho-Corasick pass, the word set and the regexes whose atoms occur;
+                       Aho-Corasick pass, the phrases and regexes whose keys occur;
 * ``normalize``      - ``normalize(text)`` alone;
 * ``regex_alternation`` - one ``regex`` pattern, the alternation of every pattern (literals
                        escaped), IGNORECASE, ``finditer`` over the text;
