@@ -61,7 +61,7 @@ def metrics(scores: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str
     """AUPRC, and precision, recall, F1 and false-positive rate at `threshold`."""
     order = np.argsort(-scores, kind="stable")
     hits = truth[order]
-    positives = truth.sum()
+    positives = float(truth.sum())
     auprc = float((np.cumsum(hits) / np.arange(1, len(hits) + 1) * hits).sum() / positives) if positives else float(
         "nan")
     predicted = scores >= threshold

@@ -143,6 +143,7 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
+        torch.set_rng_state(state["rng"])  # dropout continues as if never interrupted
     progress = tqdm(total=total_steps, initial=step, desc=f"train ({config.mode})", unit="step")
     model.train()
     epoch_batches: list[list[int]] = []
@@ -196,7 +197,7 @@ def _training_settings(config: dict) -> dict:
 def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: TrainConfig) -> None:
     temporary = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "config": asdict(config)}, temporary)
+                "step": step, "rng": torch.get_rng_state(), "config": asdict(config)}, temporary)
     temporary.replace(path)  # a crash while saving leaves the previous checkpoint intact
 
 

@@ -264,7 +264,7 @@ def _read_lexicons(policy: Policy, path: Path, root: yaml.Node | None) -> list[t
     problems = []
     for stages_loc, stages in policy.stage_lists():
         for stage_index, stage in enumerate(stages):
-            for rule_index, rule in enumerate(stage.rules):
+            for rule_index, rule in enumerate(stage.rules if isinstance(stage, BlacklistStage) else []):
                 terms: list[str] = []
                 for entry_index, reference in enumerate(rule.lexicons):
                     loc = [*stages_loc, stage_index, "rules", rule_index, "lexicons", entry_index]

