@@ -14,7 +14,6 @@ model folded too.
 from __future__ import annotations
 
 import functools
-import tempfile
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -76,10 +75,8 @@ def _base_vocab_lines(base_dir: Path) -> tuple[str, ...]:
 
 def build_tokenizer(base_dir: Path, added: list[str]) -> BertTokenizerFast:
     """The base WordPiece vocabulary with `added` appended (their ids follow the base's)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        vocab = Path(scratch) / "vocab.txt"
-        vocab.write_text("\n".join([*_base_vocab_lines(base_dir), *added]) + "\n", encoding="utf-8")
-        return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, tokenize_chinese_chars=True)
+    vocab = {token: index for index, token in enumerate([*_base_vocab_lines(base_dir), *added])}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True, tokenize_chinese_chars=True)
 
 
 class ExtendedEmbedding(nn.Module):

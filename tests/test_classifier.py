@@ -56,6 +56,16 @@ def test_the_artifact_is_a_small_delta_over_the_base(tiny_artifact):
     assert (tiny_artifact / "delta.safetensors").stat().st_size <= 25 * 1024 * 1024
 
 
+def test_the_tokenizer_keeps_the_base_wordpieces_and_adds_chinese_characters(exact):
+    tokenizer = exact.tokenizer
+    assert tokenizer.tokenize("How do I kill a Python process?") == [
+        "how", "do", "i", "kill", "a", "python", "process", "?"]
+    base_size = exact.model.encoder.embeddings.word_embeddings.base_size
+    ids = tokenizer("炸弹", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 2 and all(token_id >= base_size for token_id in ids)
+    assert tokenizer.unk_token_id not in tokenizer("请用 Python 实现快速排序")["input_ids"]
+
+
 def test_scores_are_deterministic_and_batching_changes_nothing(tiny_artifact, exact):
     again = RiskClassifier.load(tiny_artifact, quantize="none")
     batched = exact.score(TEXTS)
