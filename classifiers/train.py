@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from classifiers.artifact import ArtifactConfig, save_artifact
 from classifiers.data import Example, calibration_split, load_examples, split, training_mix
+from classifiers.labels import ClassifierError
 from classifiers.model import LABELS, RiskModel, added_characters, base_model_dir, build_model, build_tokenizer
 from classifiers.scoring import metrics
 from filters.normalize import normalize
@@ -93,7 +94,10 @@ def _optimizer(model: RiskModel, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _apply_lora(model: RiskModel, config: TrainConfig) -> None:
-    from peft import LoraConfig, inject_adapter_in_model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ClassifierError("--mode lora needs peft: pip install 'wardgate[train]'") from None
 
     for parameter in model.encoder.parameters():
         parameter.requires_grad_(False)
