@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from classifiers.artifact import ArtifactConfig, save_artifact
+from classifiers.card import write_model_card
 from classifiers.data import Example, calibration_split, load_examples, split, training_mix
 from classifiers.labels import ClassifierError
 from classifiers.model import LABELS, RiskModel, added_characters, base_model_dir, build_model, build_tokenizer
@@ -181,14 +182,15 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
     calibration = calibrate(*logits_and_labels(model, tokenizer, calibration_set, config.max_length))
     report = evaluate(model, tokenizer, valid_set, config.max_length, calibration)
     report.update(steps=step, total_steps=total_steps, train_examples=len(mix), calibration_examples=len(
-        calibration_set), added_tokens=len(added), minutes=round((time.monotonic() - started) / 60, 1),
-        config=asdict(config))
+        calibration_set), valid_examples=len(valid_set), added_tokens=len(added),
+        minutes=round((time.monotonic() - started) / 60, 1), config=asdict(config))
     (out / "validation.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     save_artifact(model, ArtifactConfig(
         added_characters=added, mode=config.mode, max_length=config.max_length,
         lora_scale=2.0 if config.mode == "lora" else 1.0,  # lora_alpha / r
         calibration={name: list(pair) for name, pair in zip(LABELS, calibration, strict=True)}, metrics=report,
     ), out / "artifact")
+    write_model_card(out / "artifact", report, data_dir, (out / "artifact" / "delta.safetensors").stat().st_size)
     return report
 
 
