@@ -471,8 +471,12 @@ def report(results: Results, unavailable: dict[str, str], corpus: Corpus, load_b
             goals.append((f">= {GOAL_VS_LLM_GUARD_REGEX}x LLM Guard's Regex scanner", ratio >= GOAL_VS_LLM_GUARD_REGEX,
                           f"{ratio:.0f}x"))
         if points.get("hyperscan") and points["hyperscan"].samples:
-            ratio = total / points["hyperscan"].median_ms
-            goals.append((f"within {GOAL_VS_HYPERSCAN}x of hyperscan", ratio <= GOAL_VS_HYPERSCAN, f"{ratio:.0f}x"))
+            # The issue sets the ratio for the blacklist stage; hyperscan does not normalise, so the
+            # scan alone is the like-for-like figure, and with normalisation the stricter one.
+            for what, ours in (("blacklist scan", scan), ("normalisation + blacklist", total)):
+                ratio = ours / points["hyperscan"].median_ms
+                goals.append((f"{what} within {GOAL_VS_HYPERSCAN}x of hyperscan", ratio <= GOAL_VS_HYPERSCAN,
+                              f"{ratio:.1f}x"))
         for goal, met, value in goals:
             print(f"goal {language}.4KB.nohit {goal}: {'met' if met else 'NOT met'} ({value})")
 
