@@ -27,6 +27,8 @@ from policies.schema import Direction, policy_digest
 # A streamed completion is re-checked on its last characters only: enough for any term split
 # across events, without rescanning the whole answer at every event.
 STREAM_CHECK_TAIL_CHARS = 2048
+# Expensive stages read the new text with this much before it: context, without re-reading the answer.
+STREAM_EXPENSIVE_CONTEXT_CHARS = 512
 
 
 class Enforcer:
@@ -90,15 +92,24 @@ class StreamChecker:
     it, and events are released only once at least `streaming.holdback_chars` characters of text
     follow them. A term split across events is therefore caught before any part of it is sent. A
     block ends the stream (WG1002 event, then [DONE]) and the held events are dropped; redact and
-    flag are recorded (text already released cannot be masked)."""
+    flag are recorded (text already released cannot be masked).
+
+    Expensive stages (the classifier) do not run at every event: they run each time
+    `holdback_chars` of new text has gathered, and at the end, on that text with some context
+    before it, and an event is released only once they have covered it too. The delay a stream sees
+    is then at most about twice the window."""
 
     def __init__(self, enforcer: Enforcer, scope: Scope) -> None:
         self.enforcer = enforcer
         self.scope = scope
         self.holdback_chars = enforcer.policy.streaming.holdback_chars
+        state = scope["state"]
+        self.ctx = Context("output", state.get("tenant"), scope["path"], state.get("request_id", ""))
+        self.has_expensive = enforcer.pipeline.has_expensive(self.ctx)
         self.tail = ""  # the last STREAM_CHECK_TAIL_CHARS characters of text already checked
-        self.held: deque[tuple[bytes, int]] = deque()  # events not yet released, with their text length
-        self.held_chars = 0
+        self.total_chars = 0
+        self.expensive_checked_chars = 0  # how far the expensive stages have read
+        self.held: deque[tuple[bytes, int]] = deque()  # events not yet released, with their text's end offset
 
     async def admit(self, events: list[bytes]) -> list[bytes]:
         """Inspect the text `events` add (raises GatewayError on a block); the events to send now."""
@@ -108,31 +119,41 @@ class StreamChecker:
             text, is_done = _event_delta_text(event)
             finished = finished or is_done
             added.append(text)
-            self.held.append((event, len(text)))
-            self.held_chars += len(text)
+            self.total_chars += len(text)
+            self.held.append((event, self.total_chars))
         new_text = "".join(added)
         if new_text:
             window = self.tail + new_text
-            [verdict] = await self.enforcer.verdicts([window], self.scope, "output")
-            self.enforcer.record(self.scope, "output", verdict)
-            if verdict.action == "block":
-                raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
+            await self._check(window, "cheap")
             self.tail = window[-STREAM_CHECK_TAIL_CHARS:]
         if finished:
-            return self.release_all()
+            return await self.release_all()
+        if self.has_expensive and self.total_chars - self.expensive_checked_chars >= max(1, self.holdback_chars):
+            await self._check_expensive()
+        covered = self.expensive_checked_chars if self.has_expensive else self.total_chars
         released = []
-        while self.held and self.held_chars - self.held[0][1] >= self.holdback_chars:
-            event, length = self.held.popleft()
-            self.held_chars -= length
-            released.append(event)
+        while self.held and self.held[0][1] <= covered and self.total_chars - self.held[0][1] >= self.holdback_chars:
+            released.append(self.held.popleft()[0])
         return released
 
-    def release_all(self) -> list[bytes]:
-        """Every held event (all of them already inspected): the stream is over."""
+    async def release_all(self) -> list[bytes]:
+        """Every held event, once all stages have read them: the stream is over."""
+        if self.has_expensive and self.expensive_checked_chars < self.total_chars:
+            await self._check_expensive()
         released = [event for event, _ in self.held]
         self.held.clear()
-        self.held_chars = 0
         return released
+
+    async def _check_expensive(self) -> None:
+        unread = self.total_chars - self.expensive_checked_chars
+        await self._check(self.tail[-(unread + STREAM_EXPENSIVE_CONTEXT_CHARS):], "expensive")
+        self.expensive_checked_chars = self.total_chars
+
+    async def _check(self, text: str, stages: str) -> None:
+        [verdict] = await self.enforcer.pipeline.inspect_each([text], self.ctx, stages)
+        self.enforcer.record(self.scope, "output", verdict)
+        if verdict.action == "block":
+            raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
 
 
 def _replace_strings(value: object, replacements: dict[str, str]) -> object:

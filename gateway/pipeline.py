@@ -60,7 +60,7 @@ class ClassifierInspector:
     micro-batcher puts them (and other requests') into one batch."""
 
     name = "classifier"
-    concurrent = True
+    expensive = True  # a stream runs it once per hold-back window, not at every event
 
     def __init__(self, stage: ClassifierStage) -> None:
         from classifiers.registry import shared_batcher  # torch loads only where a policy uses the classifier
@@ -157,15 +157,22 @@ class Pipeline:
             results.append(GoldenResult(test, await self.inspect([test.text], ctx)))
         return results
 
-    async def inspect_each(self, texts: list[str], ctx: Context) -> list[Verdict]:
+    def has_expensive(self, ctx: Context) -> bool:
+        return any(getattr(inspector, "expensive", False) for inspector in self._inspectors(ctx))
+
+    async def inspect_each(self, texts: list[str], ctx: Context, stages: str = "all") -> list[Verdict]:
         """One verdict per text, the strongest of its stages' (the earlier stage's on a tie; an
-        allow that carries scores beats a bare one). A text already blocked skips later stages."""
+        allow that carries scores beats a bare one). A text already blocked skips later stages.
+        `stages`: "all", or only the "cheap" or the "expensive" ones (streams run them apart)."""
         verdicts = [ALLOW] * len(texts)
         for inspector in self._inspectors(ctx):
+            expensive = getattr(inspector, "expensive", False)
+            if (stages == "cheap" and expensive) or (stages == "expensive" and not expensive):
+                continue
             pending = [index for index, verdict in enumerate(verdicts) if verdict.action != "block"]
             if not pending:
                 break
-            if getattr(inspector, "concurrent", False):
+            if expensive:  # awaited together, so that the texts share a micro-batch
                 found = await asyncio.gather(*(inspector.inspect(texts[index], ctx) for index in pending))
             else:
                 found = [await inspector.inspect(texts[index], ctx) for index in pending]

@@ -32,7 +32,7 @@ class StreamGate(Protocol):
 
     async def admit(self, events: list[bytes]) -> list[bytes]: ...
 
-    def release_all(self) -> list[bytes]: ...
+    async def release_all(self) -> list[bytes]: ...
 
 
 class ClientDisconnected(Exception):
@@ -176,12 +176,17 @@ class SSERelayResponse:
             await self._send_held(send)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except GatewayError as error:
-            if error.kind is not POLICY_BLOCKED_OUTPUT:
-                await self._send_held(send)  # inspected and clean: the client gets it before the error
-            await self._end_with_error(scope, send, error)
+            await self._finish_with_error(scope, send, error)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            await self._send_held(send)
-            await self._end_with_error(scope, send, transport_error(exc, response_started=True))
+            await self._finish_with_error(scope, send, transport_error(exc, response_started=True))
+
+    async def _finish_with_error(self, scope: Scope, send: Send, error: GatewayError) -> None:
+        if error.kind is not POLICY_BLOCKED_OUTPUT:
+            try:
+                await self._send_held(send)  # what passes inspection reaches the client before the error
+            except GatewayError as blocked:
+                error = blocked
+        await self._end_with_error(scope, send, error)
 
     async def _send_checked(self, events: list[bytes], send: Send) -> None:
         """Forward the events, in one write, up to the first malformed one, which raises; with a
@@ -200,7 +205,7 @@ class SSERelayResponse:
             raise GatewayError(UPSTREAM_BAD_RESPONSE, f"The model server's stream is malformed: {problem}.")
 
     async def _send_held(self, send: Send) -> None:
-        held = self.gate.release_all() if self.gate is not None else []
+        held = await self.gate.release_all() if self.gate is not None else []
         if held:
             await send({"type": "http.response.body", "body": b"".join(held), "more_body": True})
 

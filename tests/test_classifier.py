@@ -183,3 +183,35 @@ def test_a_missing_model_directory_is_refused_with_its_line(tmp_path):
     result = subprocess.run([WARDGATE, "policy", "validate", str(policy)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{policy}:4: input.stages.0.model: no model directory 'no-such-dir'" in result.stderr
+
+
+OUTPUT_CLASSIFIER_POLICY = """\
+version: "classifier-output-test"
+streaming: {holdback_chars: 8}
+output:
+  stages:
+    - {type: classifier, model: MODEL, quantize: none, block: {unsafe: BLOCK}}
+"""
+
+
+def _stream(gateway) -> list[str]:
+    body = {"model": "slow-stream", "messages": [{"role": "user", "content": "go"}], "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        return [line for line in response.iter_lines() if line]
+
+
+def test_a_stream_is_released_only_after_the_classifier_read_it(start_gateway, upstream, tiny_artifact, tmp_path):
+    from tests.fake_upstream import STREAM_WORDS
+
+    blocking = tmp_path / "blocking.yaml"
+    blocking.write_text(OUTPUT_CLASSIFIER_POLICY.replace("MODEL", str(tiny_artifact)).replace("BLOCK", "0.0"))
+    lines = _stream(start_gateway("--upstream", upstream.url, "--policy", str(blocking)))
+    # The first classifier check blocks: no text of the stream reached the client.
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][6:])["error"]["code"] == "WG1002"
+    assert all('"content": "' not in line or '"content": ""' in line for line in lines[:-2])
+    passing = tmp_path / "passing.yaml"
+    passing.write_text(OUTPUT_CLASSIFIER_POLICY.replace("MODEL", str(tiny_artifact)).replace("BLOCK", "1.0"))
+    lines = _stream(start_gateway("--upstream", upstream.url, "--policy", str(passing)))
+    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in lines[:-1])
+    assert lines[-1] == "data: [DONE]" and text == "".join(STREAM_WORDS * 6)
