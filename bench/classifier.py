@@ -86,7 +86,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import progress, stop, warn_invalid  # bench/harness.py, next to this script
+from harness import percentile, progress, ratio, stop, warn_invalid  # bench/harness.py, next to this script
+from harness import wait_ready as harness_wait_ready
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -166,19 +167,6 @@ def pick_texts(count: int) -> Texts:
 # Statistics
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (NumPy's default); NaN when there is nothing."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else math.nan
 
 
 @dataclass
@@ -350,12 +338,6 @@ def pinned(cpus: frozenset[int]) -> Callable[[], None]:
     return lambda: os.sched_setaffinity(0, cpus)
 
 
-def log_tail(log: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
 
 @contextmanager
 def running(cmd: Sequence[str], log: Path, cpus: frozenset[int], env: dict[str, str] | None = None,
@@ -380,17 +362,7 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, str]:
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchFailed(f"exited with status {proc.returncode}:\n{log_tail(log)}")
-        try:
-            if http("GET", url)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise BenchFailed(f"not ready after {READY_TIMEOUT_S:.0f} s:\n{log_tail(log)}")
+    harness_wait_ready(proc, lambda: http("GET", url)[0] == 200, log, READY_TIMEOUT_S, BenchFailed)
 
 
 def chat_body(text: str) -> bytes:

@@ -1,12 +1,15 @@
-"""What the benchmarks share: stopping the servers they start, progress on stderr, result warnings."""
+"""What the benchmarks share: starting and stopping servers, progress on stderr, statistics, result warnings."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 
@@ -39,3 +42,42 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_ready(proc: subprocess.Popen[bytes], is_ready: Callable[[], bool], log: Path, timeout_s: float,
+               failure: type[Exception]) -> None:
+    """Poll `is_ready` until it answers True; raise `failure` (with the log's tail) if the server
+    exits or is not ready in time. Connection errors while it starts count as not ready."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise failure(f"exited with status {proc.returncode}:\n{log_tail(log)}")
+        try:
+            if is_ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise failure(f"not ready after {timeout_s:.0f} s:\n{log_tail(log)}")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (NumPy's default); NaN when there is nothing."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan

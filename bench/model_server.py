@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import re
 import shutil
@@ -75,7 +74,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from harness import progress, stop, warn_invalid  # bench/harness.py, next to this script
+from harness import percentile, progress, ratio, stop, warn_invalid  # bench/harness.py, next to this script
+from harness import wait_ready as harness_wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WARDGATE_BIN = REPO_ROOT / ".venv" / "bin" / "wardgate"
@@ -199,25 +199,15 @@ def model_server(config: ServerConfig, model_dir: Path, log: Path) -> Iterator[s
 
 
 def wait_ready(proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerFailed(f"exited with status {proc.returncode}:\n{log_tail(log)}")
+    def ready() -> bool:
         try:
             with urllib.request.urlopen(base_url + "/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise ServerFailed(f"not ready after {READY_TIMEOUT_S:.0f} s:\n{log_tail(log)}")
+                return response.status == 200
+        except urllib.error.URLError:
+            return False
 
+    harness_wait_ready(proc, ready, log, READY_TIMEOUT_S, ServerFailed)
 
-def log_tail(log: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def log_problems(log: Path) -> list[str]:
@@ -309,19 +299,6 @@ async def scrape(session: aiohttp.ClientSession, base_url: str) -> Counters:
     )
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (NumPy's default); NaN when there is nothing."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator else math.nan
 
 
 async def measure_point(base_url: str, concurrency: int, args: argparse.Namespace) -> Point:

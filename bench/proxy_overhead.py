@@ -73,7 +73,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -82,6 +81,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import progress, stop, warn_invalid  # bench/harness.py, next to this script
+from harness import wait_ready as harness_wait_ready
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -207,12 +207,6 @@ def running(
 
 
 
-def log_tail(log: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
 
 def http(method: str, url: str, body: str | None = None) -> tuple[int, str]:
     data = body.encode() if body is not None else None
@@ -226,17 +220,7 @@ def http(method: str, url: str, body: str | None = None) -> tuple[int, str]:
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise TargetUnavailable(f"exited with status {proc.returncode}:\n{log_tail(log)}")
-        try:
-            if http("GET", url)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TargetUnavailable(f"not ready after {timeout_s:.0f} s:\n{log_tail(log)}")
+    harness_wait_ready(proc, lambda: http("GET", url)[0] == 200, log, timeout_s, TargetUnavailable)
 
 
 def check_chat(base_url: str) -> None:
