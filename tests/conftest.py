@@ -61,6 +61,16 @@ class WardgateProcess:
         self._log.flush()
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
 
+    def wait_for_log(self, predicate, timeout_s: float = 5.0) -> list[dict]:
+        """The log lines, once one satisfies `predicate`: the access line is written just after the
+        response has gone out, so a test may read the log a moment before it is there."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = self.log_lines()
+            if any(predicate(line) for line in lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
+
     def stop(self) -> None:
         """Idempotent: a test may stop its server early, the fixture stops it again."""
         if self.process.poll() is None:

@@ -39,6 +39,8 @@ def test_one_json_access_line_per_request(client, gateway):
     response = client.post(gateway.url + "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "log-me-1"})
     refused = client.post(gateway.url + "/v1/chat/completions", content=b"[", headers={"X-Request-ID": "log-me-2"})
     assert response.status_code == 200 and refused.status_code == 400
+    for request_id in ("log-me-1", "log-me-2"):
+        gateway.wait_for_log(lambda line, request_id=request_id: line.get("request_id") == request_id)
     lines = {line.get("request_id"): line for line in gateway.log_lines()}
     ok = lines["log-me-1"]
     assert ok["event"] == "request" and ok["level"] == "info"
