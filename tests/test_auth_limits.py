@@ -33,7 +33,8 @@ def test_api_keys(client, start_gateway, upstream, tmp_path):
     assert "authorization" not in upstream.observed.last_headers
     # Probes stay open for the orchestrator.
     assert client.get(gateway.url + "/healthz").status_code == 200
-    access = [line for line in gateway.log_lines() if line.get("route") == "/v1/chat/completions"]
+    access = [line for line in gateway.wait_for_log(lambda line: line.get("tenant") == "acme")
+              if line.get("route") == "/v1/chat/completions"]
     assert [line["tenant"] for line in access] == [None, None, None, "acme"]
 
 

@@ -174,7 +174,8 @@ def test_the_classifier_stage_in_a_live_gateway(start_gateway, upstream, tiny_ar
     (tmp_path / "model").symlink_to(tiny_artifact, target_is_directory=True)  # relative to the policy file
     gateway = start_gateway("--upstream", upstream.url, "--policy", str(flagging))
     assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
-    [line] = [entry for entry in gateway.log_lines() if entry.get("route") == "/v1/chat/completions"]
+    [line] = [entry for entry in gateway.wait_for_log(lambda entry: entry.get("route") == "/v1/chat/completions")
+              if entry.get("route") == "/v1/chat/completions"]
     assert line["input_verdict"] == {"action": "flag", "rule_id": "classifier.hate", "category": "hate",
                                      "stage": "classifier"}
 

@@ -50,7 +50,8 @@ def test_blocked_input_is_never_forwarded(policy_gateway, upstream):
         error = assert_coded_error(chat(policy_gateway, text), "WG1001")
         assert error["rule_id"] == "in.bomb"
     assert upstream.observed.requests == before
-    line = [entry for entry in policy_gateway.log_lines() if entry.get("error_code") == "WG1001"][-1]
+    line = [entry for entry in policy_gateway.wait_for_log(lambda entry: entry.get("error_code") == "WG1001")
+            if entry.get("error_code") == "WG1001"][-1]
     assert line["input_verdict"] == {"action": "block", "rule_id": "in.bomb", "category": "illegal",
                                      "stage": "blacklist"}
 

@@ -101,7 +101,8 @@ def test_an_edit_takes_effect_without_a_restart(live):
     assert 'version="v1"' not in metrics
     assert 'wardgate_policy_reloads_total{result="activated"} 1.0' in metrics
     # Every request is logged with the version that judged it.
-    blocked = [line for line in gateway.log_lines() if line.get("error_code") == "WG1001"][-1]
+    blocked = [line for line in gateway.wait_for_log(lambda line: line.get("policy_version") == "v2")
+               if line.get("error_code") == "WG1001"][-1]
     assert (blocked["policy_version"], blocked["policy_digest"]) == ("v2", described["active"]["digest"])
 
 
