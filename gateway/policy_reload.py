@@ -133,13 +133,14 @@ class PolicyManager:
             if current == self._seen or current != previous:  # unchanged, or still being written
                 previous = current
                 continue
+            # What was loaded is what was seen: an edit landing during the reload is seen next time.
+            # (If the reload changed the set of lexicon files, the next poll's fingerprint has another
+            # shape and costs one reload that finds the same digest.)
             self._seen = current
             try:
                 await self.reload()
             except Exception:  # the watcher must outlive any surprise; the running policy stays
                 log.exception("policy_reload_failed", path=str(self.path))
-            self._seen = self._fingerprint()  # a successful reload may watch other lexicon files now
-            previous = self._seen
 
     async def reload(self) -> bool:
         """Try the policy file as it is now; True if it became active."""
