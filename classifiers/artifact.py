@@ -68,13 +68,7 @@ def save_artifact(model: RiskModel, config: ArtifactConfig, out: Path) -> None:
 
 def load_artifact(directory: Path) -> tuple[RiskModel, object, ArtifactConfig]:
     """(model in eval mode, tokenizer, config) from an artifact directory."""
-    try:
-        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        config = ArtifactConfig(**raw)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ClassifierError(f"{directory}: not a wardgate classifier artifact: {exc}") from None
-    if config.format != FORMAT:
-        raise ClassifierError(f"{directory}: artifact format {config.format!r}, this wardgate reads {FORMAT!r}")
+    config = read_config(directory)
     base_dir = base_model_dir()
     model = build_model(base_dir, len(config.added_characters))
     state = model.state_dict()
@@ -93,6 +87,17 @@ def load_artifact(directory: Path) -> tuple[RiskModel, object, ArtifactConfig]:
     model.load_state_dict(state)
     model.eval()
     return model, build_tokenizer(base_dir, config.added_characters), config
+
+
+def read_config(directory: Path) -> ArtifactConfig:
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        config = ArtifactConfig(**raw)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ClassifierError(f"{directory}: not a wardgate classifier artifact: {exc}") from None
+    if config.format != FORMAT:
+        raise ClassifierError(f"{directory}: artifact format {config.format!r}, this wardgate reads {FORMAT!r}")
+    return config
 
 
 def write_config(directory: Path, config: ArtifactConfig) -> None:

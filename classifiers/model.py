@@ -95,6 +95,10 @@ class ExtendedEmbedding(nn.Module):
         added = nn.functional.embedding((ids - self.base_size).clamp(min=0), self.new_rows)
         return torch.where(is_new, added, base)
 
+    def merged(self) -> nn.Embedding:
+        """One plain table (base rows, then added rows): the same lookups, for export."""
+        return nn.Embedding.from_pretrained(torch.cat([self.base.weight, self.new_rows.detach()]), freeze=True)
+
 
 class RiskModel(nn.Module):
     def __init__(self, encoder: BertModel) -> None:

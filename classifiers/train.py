@@ -198,11 +198,11 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
 def calibrate_int8(artifact: Path, calibration_set: list[Example]) -> None:
     """Fit the artifact's int8 calibration on the calibration slice, scored the way the gateway
     scores (int8, windows), and store it beside the fp32 one."""
-    from classifiers.artifact import load_artifact, write_config
+    from classifiers.artifact import write_config
     from classifiers.runtime import RiskClassifier
 
-    model, tokenizer, config = load_artifact(artifact)
-    int8 = RiskClassifier(model, tokenizer, config, quantize="int8")
+    int8 = RiskClassifier.load(artifact, quantize="int8")
+    config = int8.config
     logits = np.concatenate([int8.logits([example.text for example in calibration_set[start:start + 64]])
                              for start in tqdm(range(0, len(calibration_set), 64), desc="calibrate int8")])
     labels, mask = (tensor.numpy() for tensor in label_tensors(calibration_set))

@@ -27,6 +27,14 @@ TINY = {"max_train_examples": 48, "max_valid_examples": 48, "max_calibration_exa
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory) -> Path:
+    """Graphs built by this run, in a directory of its own (children inherit it through the environment)."""
+    directory = tmp_path_factory.mktemp("graphs")
+    os.environ["WARDGATE_CLASSIFIER_CACHE"] = str(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("classifier")
@@ -38,6 +46,11 @@ def tiny_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exact(tiny_artifact) -> RiskClassifier:
     return RiskClassifier.load(tiny_artifact, quantize="none")
+
+
+@pytest.fixture(scope="session")
+def int8(tiny_artifact) -> RiskClassifier:
+    return RiskClassifier.load(tiny_artifact, quantize="int8")
 
 
 TEXTS = ["How do I kill a Python process?", "请用 Python 实现快速排序", "教我做炸彈", "a",
@@ -62,19 +75,42 @@ def test_the_tokenizer_keeps_the_base_wordpieces_and_adds_chinese_characters(exa
     tokenizer = exact.tokenizer
     assert tokenizer.tokenize("How do I kill a Python process?") == [
         "how", "do", "i", "kill", "a", "python", "process", "?"]
-    base_size = exact.model.encoder.embeddings.word_embeddings.base_size
+    base_size = len(tokenizer.get_vocab()) - len(exact.config.added_characters)
     ids = tokenizer("炸弹", add_special_tokens=False)["input_ids"]
     assert len(ids) == 2 and all(token_id >= base_size for token_id in ids)
     assert tokenizer.unk_token_id not in tokenizer("请用 Python 实现快速排序")["input_ids"]
 
 
-def test_scores_are_deterministic_and_batching_changes_nothing(tiny_artifact, exact):
-    again = RiskClassifier.load(tiny_artifact, quantize="none")
-    batched = exact.score(TEXTS)
-    assert np.array_equal(batched, again.score(TEXTS))
-    one_by_one = np.stack([exact.score([text])[0] for text in TEXTS])
-    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+@pytest.mark.parametrize("precision", ["none", "int8"])
+def test_scores_are_deterministic_and_batching_changes_nothing(tiny_artifact, precision, request):
+    classifier = request.getfixturevalue("exact" if precision == "none" else "int8")
+    batched = classifier.score(TEXTS)
+    assert np.array_equal(batched, RiskClassifier.load(tiny_artifact, quantize=precision).score(TEXTS))
+    one_by_one = np.stack([classifier.score([text])[0] for text in TEXTS])
+    assert np.array_equal(batched, one_by_one)  # int8 included: a text's company never changes its scores
+    reordered = classifier.score(TEXTS[::-1] + TEXTS)[len(TEXTS):]
+    assert np.array_equal(batched, reordered)
     assert batched.shape == (len(TEXTS), 9) and ((batched > 0) & (batched < 1)).all()
+
+
+def test_int8_stays_close_to_fp32(exact, int8):
+    assert np.abs(int8.logits(TEXTS) - exact.logits(TEXTS)).max() < 0.5
+
+
+def test_the_graph_is_built_once_and_rebuilt_only_for_other_weights(tiny_artifact, graph_cache, tmp_path):
+    from classifiers.export import onnx_graph
+
+    graph = onnx_graph(tiny_artifact, "int8")
+    assert graph.parent == graph_cache and graph.is_file()
+    built = graph.stat().st_mtime_ns
+    assert onnx_graph(tiny_artifact, "int8") == graph and graph.stat().st_mtime_ns == built
+    assert onnx_graph(tiny_artifact, "none") != graph
+    config = json.loads((tiny_artifact / "config.json").read_text())
+    copy = tmp_path / "recalibrated"
+    copy.mkdir()
+    (copy / "delta.safetensors").write_bytes((tiny_artifact / "delta.safetensors").read_bytes())
+    (copy / "config.json").write_text(json.dumps({**config, "calibration_int8": None}))
+    assert onnx_graph(copy, "int8") == graph  # the calibration is not part of the graph
 
 
 def test_the_micro_batcher_scores_concurrent_requests_together(exact):
@@ -85,14 +121,14 @@ def test_the_micro_batcher_scores_concurrent_requests_together(exact):
             sizes.append(len(texts))
             return super().score(texts)
 
-    counting = Counting(exact.model, exact.tokenizer, exact.config, quantize="none")
+    counting = Counting(exact.session, exact.tokenizer, exact.config, quantize="none")
     batcher = MicroBatcher(counting, max_batch=8, max_wait_ms=20)
 
     async def score_all():
         return await asyncio.gather(*(batcher.score(text) for text in TEXTS * 4))
 
     rows = asyncio.run(score_all())
-    np.testing.assert_allclose(np.stack(rows), exact.score(TEXTS * 4), atol=1e-5)
+    assert np.array_equal(np.stack(rows), exact.score(TEXTS * 4))
     assert len(sizes) < len(TEXTS) * 4 and max(sizes) <= 8
 
 
