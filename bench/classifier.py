@@ -11,24 +11,19 @@ About half are unsafe, as in the split. Their mean length in tokens is printed (
 Parts:
 
 1. **Direct scoring** - ``RiskClassifier.score(batch)`` in this process, at batch 1, 8 and 32,
-   ``int8`` (dynamic quantisation, the default) and ``fp32`` (``quantize="none"``): texts/s (the
+   ``int8`` (ONNX Runtime, int8 MatMuls; the default) and ``fp32`` (``quantize="none"``): texts/s (the
    median over rounds of texts / time spent in calls) and per-call p50 / p99 latency. The peer,
    ``profanity_check.predict_prob(batch)`` (alt-profanity-check: TF-IDF + a linear SVM trained on
    English profanity; it says nothing useful about Chinese, its speed is what is compared), at batch
    1 and 32 on the same texts; then ratios ours / peer and int8 / fp32. Targets are interleaved
    within each round, so that other work on the machine moves them alike.
 2. **Batch vs one by one** - the max absolute score difference between a batch of 32 and the same
-   32 texts scored one at a time, for int8 and fp32. fp32 agrees to ~1e-6; int8 does not (known:
-   torch's dynamic quantisation scales activations per tensor, so the other texts in a batch, and
-   their padding, change a text's int8 scores).
+   32 texts scored one at a time, for int8 and fp32: 0 for both (one window per forward pass, so a
+   text's company cannot change its activations' quantisation scale).
 3. **Micro-batching** - 64 concurrent asyncio callers, each scoring texts in a loop with
    ``await MicroBatcher(classifier, max_batch=32, max_wait_ms=2).score(text)``: texts/s, per-call
    p50 / p99 latency and the mean batch the batcher formed, int8 and fp32. The first second(s)
    are warm-up, not measured.
-
-   ``texts.b<N>.real_token_share`` says how much of a batch's work is real tokens: a batch is padded
-   to its longest text, and the short texts vary a lot in length (a mean of ~27 tokens, a longest
-   of ~180), so larger batches are mostly padding.
 4. **Through the gateway** - ``wardgate serve`` in front of a static OpenAI-compatible stub (an
    aiohttp server in a child process, this file run with a hidden option), once with
    ``--policy none`` and once with a policy whose only input stage is
@@ -42,13 +37,12 @@ Parts:
 
 As in bench/proxy_overhead.py, the gateway is pinned to ``--server-cpus`` (default CPU 0) and the
 stub and this load generator to ``--load-cpus`` (default CPU 1): the gateway's classifier then runs
-on one core (torch takes its thread count from the affinity). Parts 1-3 run in this process,
-unpinned, with torch's default thread count (every core) unless ``--threads`` says otherwise.
+on one core (the classifier takes its thread count from the affinity). Parts 1-3 run in this
+process, unpinned, with one inference thread per CPU unless ``--threads`` says otherwise.
 
-On a busy machine, compare with ``--threads 1``: torch's OpenMP threads wait for one another at
-every operation, so when another process holds one of two cores, two threads can be dozens of times
-slower than one (measured here: 480 ms vs 9 ms for one short text, int8, with a training job on the
-other core). A WARNING line says when the load average before the run shows other work.
+On a busy machine, compare with ``--threads 1``: intra-op threads wait for one another at every
+operation, so when another process holds one of two cores, two threads can be much slower than one.
+A WARNING line says when the load average before the run shows other work.
 
 Goals (issue 5): >= 400 short texts/s on 2 cores with int8 and micro-batching (part 3, int8);
 p99 added latency <= 15 ms at 100 requests/s through the gateway (part 4).
@@ -188,13 +182,13 @@ class Point:
 Scorer = Callable[[list[str]], object]
 
 
-def load_classifiers(model_dir: Path) -> dict[str, object]:
+def load_classifiers(model_dir: Path, threads: int | None) -> dict[str, object]:
     from classifiers.runtime import RiskClassifier
 
     loaded = {}
     for name, quantize in PRECISIONS.items():
         progress(f"loading {model_dir} ({name})")
-        loaded[name] = RiskClassifier.load(model_dir, quantize)
+        loaded[name] = RiskClassifier.load(model_dir, quantize, threads)
     return loaded
 
 
@@ -242,20 +236,6 @@ def consistency(classifier, texts: list[str]) -> float:
 
 def mean_tokens(classifier, texts: list[str]) -> float:
     return statistics.fmean(sum(len(window) for window in classifier.windows(text)) for text in texts)
-
-
-def real_token_share(classifier, texts: list[str], size: int) -> float:
-    """Real tokens / tokens computed (padding included) when the texts are scored `size` at a time, as
-    RiskClassifier.score pads them: its windows sorted by length, in chunks of 32, each padded to its
-    longest. A batch of short texts pays for its longest one."""
-    real = padded = 0
-    for start in range(0, len(texts) - size + 1, size):
-        lengths = sorted(len(window) for text in texts[start:start + size] for window in classifier.windows(text))
-        for chunk_start in range(0, len(lengths), 32):
-            chunk = lengths[chunk_start:chunk_start + 32]
-            real += sum(chunk)
-            padded += len(chunk) * chunk[-1]
-    return ratio(real, padded)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,30 +528,25 @@ def table(direct: dict[str, dict[int, Point]], micro: dict[str, MicroPoint]) -> 
     return "\n".join(rows) + f"\n(micro = {CALLERS} callers through MicroBatcher; its batch column is the mean batch)"
 
 
-def report(args: argparse.Namespace, model_dir: Path, texts: Texts, tokens: float, shares: dict[int, float],
-           threads: int, load_before: float, direct: dict[str, dict[int, Point]], diffs: dict[str, float],
-           micro: dict[str, MicroPoint], load: dict[str, LoadPoint], unavailable: dict[str, str]) -> None:
+def report(args: argparse.Namespace, model_dir: Path, texts: Texts, tokens: float, threads: int, load_before: float,
+           direct: dict[str, dict[int, Point]], diffs: dict[str, float], micro: dict[str, MicroPoint],
+           load: dict[str, LoadPoint], unavailable: dict[str, str]) -> None:
     en = texts.langs.count("en")
-    print(f"# model {model_dir}; {os.cpu_count()} CPUs; torch threads in this process: {threads}")
+    print(f"# model {model_dir}; {os.cpu_count()} CPUs; inference threads in this process: {threads}")
     print(f"# gateway CPUs {sorted(args.server_cpus)}, stub upstream + load generator CPUs {sorted(args.load_cpus)}")
     # Anything else running on the cores skews every figure; this shows whether something did.
     print(f"# load average (1 min) before the run: {load_before:.2f}, at its end: {os.getloadavg()[0]:.2f}")
     if load_before > BUSY_LOAD:
         print(f"WARNING: load average {load_before:.2f} before the run: other work shared the CPUs; the figures "
-              "are not representative (compare --threads 1 if torch used more threads than it had free cores)")
+              "are not representative (compare --threads 1)")
     print(f"texts: {len(texts.texts)} ({en} en, {len(texts.texts) - en} zh; {texts.unsafe} unsafe), "
           f"under {MAX_CHARS} chars, from the validation split")
     print(f"texts.mean_tokens: {tokens:.1f} tokens")
     print(f"texts.mean_chars: {statistics.fmean(len(t) for t in texts.texts):.1f} chars")
-    for size, share in shares.items():
-        print(f"texts.b{size}.real_token_share: {share:.3f}")
     for line in direct_lines(direct):
         print(line)
     for name, diff in diffs.items():
         print(f"{name}.batch{CONSISTENCY_BATCH}_vs_single.max_abs_diff: {diff:.3g}")
-    if diffs.get("int8", 0.0) > 1e-4:
-        print("# int8 scores depend on the rest of the batch (dynamic quantisation scales activations per "
-              "tensor, padding included); fp32 ones should not")
     for name, point in micro.items():
         prefix = f"micro.{name}.c{CALLERS}"
         print(f"{prefix}.texts_per_s: {point.texts_per_s:.0f} texts/s")
@@ -601,7 +576,7 @@ def report(args: argparse.Namespace, model_dir: Path, texts: Texts, tokens: floa
     if "int8" in micro:
         rate = micro["int8"].texts_per_s
         met = rate >= GOAL_TEXTS_PER_S
-        print(f"goal >= {GOAL_TEXTS_PER_S} short texts/s (int8, micro-batching, torch threads: {threads}): "
+        print(f"goal >= {GOAL_TEXTS_PER_S} short texts/s (int8, micro-batching, inference threads: {threads}): "
               f"{'met' if met else 'NOT met'} ({rate:.0f} texts/s)")
     if not math.isnan(added_p99):
         valid = all(point.errors == 0 for point in load.values())
@@ -634,7 +609,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--texts", type=int, default=512, help="short validation texts to use (default 512)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of direct scoring (default 3; --quick 1)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for direct scoring and micro-batching (default: torch's, every core)")
+                        help="inference threads for direct scoring and micro-batching (default: one per CPU)")
     parser.add_argument("--rate", type=float, default=GOAL_RATE,
                         help=f"gateway requests/s, open loop (default {GOAL_RATE})")
     parser.add_argument("--duration", type=float, default=None,
@@ -678,15 +653,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unavailable: dict[str, str] = {}
     load: dict[str, LoadPoint] = {}
     try:
-        import torch
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
         progress("picking texts from the validation split")
         texts = pick_texts(args.texts)
-        classifiers = load_classifiers(model_dir)
+        classifiers = load_classifiers(model_dir, args.threads)
         tokens = mean_tokens(classifiers["int8"], texts.texts)
-        shares = {size: real_token_share(classifiers["int8"], texts.texts, size) for size in BATCH_SIZES[1:]}
         scorers: dict[str, Scorer] = {name: c.score for name, c in classifiers.items()}
         peer = peer_scorer()
         if isinstance(peer, str):
@@ -700,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, classifier in classifiers.items():
             progress(f"micro-batching ({name}): {CALLERS} callers, {args.micro_warmup:g} + {args.micro_duration:g} s")
             micro[name] = asyncio.run(micro_batch(classifier, texts.texts, args.micro_warmup, args.micro_duration))
-        threads = torch.get_num_threads()
+        threads = args.threads or len(os.sched_getaffinity(0))
         del classifiers, scorers  # the gateway loads its own
         if args.no_gateway:
             unavailable["gateway"] = "left out (--no-gateway)"
@@ -722,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# workdir kept: {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    report(args, model_dir, texts, tokens, shares, threads, load_before, direct, diffs, micro, load, unavailable)
+    report(args, model_dir, texts, tokens, threads, load_before, direct, diffs, micro, load, unavailable)
     return 0
 
 
