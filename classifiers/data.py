@@ -55,6 +55,7 @@ UNLICENSED_PREFIXES: tuple[str, ...] = ("en/self_harm/",)
 GPTFUZZ_SLOT = "[INSERT PROMPT HERE]"
 GPTFUZZ_FILLS_EN = 3  # harmful English questions per template
 GPTFUZZ_FILLS_ZH = 1  # plus one Chinese JADE question: templates get pasted with questions in any language
+ROLEPLAY_FILLS = 8  # harmful questions per project-written role-play frame, and as many harmless instructions
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,7 @@ class _Loader:
             self.diasafety,
             self.jailbreak_prompts,
             self.gptfuzz_templates,
+            self.roleplay_frames,
             self.tensortrust,
             self.bipia,
             self.gptfuzz_responses,
@@ -482,6 +484,40 @@ class _Loader:
             yield make_example(
                 text, source=path, lang=self._en(text), unsafe=True, pos=pos, group=f"gptfuzz-template:{tid}"
             )
+
+    def _training_side(self, texts: Iterable[str]) -> list[str]:
+        """`texts` cleaned, unique, without the ones whose own text would land in validation."""
+        unique = dict.fromkeys(clean_text(text) for text in texts)
+        return [text for text in unique if text and _hash01(split_key(text)) >= DEFAULT_VALID_FRACTION]
+
+    def roleplay_frames(self) -> Iterator[Example]:
+        """The project's role-play and persuasion frames (extra_data/roleplay_wrappers_<lang>.txt), each
+        filled with ROLEPLAY_FILLS harmful training questions (unsafe, jailbreak, the question's keyword
+        categories) and as many harmless training instructions (safe): the frame is no signal by itself.
+        Chosen by hash of (frame, text), grouped by frame like the GPTFuzz templates."""
+        pools = {
+            "en": (self._training_side(self.harmful_question_pool()),
+                   self._training_side(row["instruction"] for row in _read_json(
+                       self.dir / "en" / "benign_prompts" / "alpaca_harmless_train.json"))),
+            "zh": (self.jade_train_questions(),
+                   self._training_side(row["question"] for row in _read_jsonl(
+                       self.dir / "zh" / "benign_prompts" / "belle_eval_set.jsonl"))),
+        }
+        for lang, (harmful, harmless) in pools.items():
+            path = EXTRA_DIR / f"roleplay_wrappers_{lang}.txt"
+            frames = [line for line in path.read_text(encoding="utf-8").splitlines()
+                      if line.strip() and not line.startswith("#")]
+            for number, frame in enumerate(frames):
+                if "{request}" not in frame:
+                    raise ValueError(f"{path.name}: frame {number + 1} has no {{request}}")
+                group = f"wardgate/roleplay_{lang}:{number}"
+                for pool, unsafe in ((harmful, True), (harmless, False)):
+                    chosen = sorted(pool, key=lambda q, f=frame: hashlib.sha256(f"{f}\x00{q}".encode()).digest())
+                    for question in chosen[:ROLEPLAY_FILLS]:
+                        pos = {"jailbreak"} | (en_keyword_categories(question) if lang == "en" else set())
+                        yield make_example(frame.replace("{request}", question.rstrip("?？。.")),
+                                           source=f"wardgate/roleplay_{lang}" + ("" if unsafe else ":safe"),
+                                           lang=lang, unsafe=unsafe, pos=pos if unsafe else (), group=group)
 
     def tensortrust(self) -> Iterator[Example]:
         """Attacks on a password game (make the model say "Access Granted" or leak its instructions):

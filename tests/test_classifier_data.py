@@ -99,9 +99,12 @@ def test_every_source_in_data_md_contributes_examples(examples):
 
 
 def test_project_written_sets_are_loaded_and_marked(examples):
-    written = {ex.source for ex in examples if ex.source.startswith("wardgate/")}
+    written = {ex.source.split(":")[0] for ex in examples if ex.source.startswith("wardgate/")}
     on_disk = {f"wardgate/{p.stem}" for p in data.EXTRA_DIR.glob("*.jsonl")}
-    assert written == on_disk
+    frames = {f"wardgate/roleplay_{p.stem.removeprefix('roleplay_wrappers_')}"
+              for p in data.EXTRA_DIR.glob("roleplay_wrappers_*.txt")}
+    assert frames == {"wardgate/roleplay_en", "wardgate/roleplay_zh"}
+    assert written == on_disk | frames
     # The three gaps DATA.md names are filled: sexual text, sexual_minors text, Chinese jailbreaks.
     for lang, label in (
         ("en", "sexual"),
@@ -111,6 +114,22 @@ def test_project_written_sets_are_loaded_and_marked(examples):
         ("zh", "jailbreak"),
     ):
         assert any(e.lang == lang and label in e.positives() for e in examples if e.source.startswith("wardgate/"))
+
+
+def test_roleplay_frames_carry_harmful_and_harmless_requests_alike(examples, parts):
+    framed = [ex for ex in examples if ex.source.startswith("wardgate/roleplay_")]
+    sides: dict[str, set[bool]] = {}
+    for ex in framed:
+        sides.setdefault(ex.group, set()).add(ex.unsafe)
+    # Every frame holds both, so the frame alone cannot predict the label.
+    assert len(sides) >= 40 and all(both == {True, False} for both in sides.values())
+    assert all(ex.labels["jailbreak"] == 1 and ex.mask["jailbreak"] for ex in framed if ex.unsafe)
+    assert all(not any(ex.labels.values()) and all(ex.mask.values()) for ex in framed if not ex.unsafe)
+    # Only training-side requests are framed: a validation question never reaches training in a frame.
+    loader = data._Loader(DATA_DIR)
+    framed_requests = loader._training_side(loader.harmful_question_pool()) + loader.jade_train_questions()
+    valid_keys = {data.split_key(ex.text) for ex in parts[1]}
+    assert framed_requests and not any(data.split_key(request) in valid_keys for request in framed_requests)
 
 
 def test_extra_data_files_are_what_the_generator_writes(monkeypatch):
