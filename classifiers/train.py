@@ -41,6 +41,7 @@ class TrainConfig:
     head_lr: float = 1e-3
     lora_rank: int = 16
     max_per_source: int = 4000
+    hard_negative_repeats: int = 1
     max_train_examples: int | None = None  # a subset, for quick comparisons
     max_valid_examples: int | None = None
     max_calibration_examples: int | None = None
@@ -115,7 +116,8 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
     examples = load_examples(data_dir)
     train_set, valid_set = split(examples)
     train_set, calibration_set = calibration_split(train_set)
-    mix = training_mix(train_set, config.seed, max_per_source=config.max_per_source)
+    mix = training_mix(train_set, config.seed, max_per_source=config.max_per_source,
+                       hard_negative_repeats=config.hard_negative_repeats)
     if config.max_train_examples is not None:
         mix = random.Random(config.seed).sample(mix, min(config.max_train_examples, len(mix)))
     if config.max_valid_examples is not None:

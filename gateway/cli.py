@@ -459,14 +459,18 @@ def classifier_eval(infile: Path, model: str, quantize: str, threshold: float) -
 @click.option("--mode", type=click.Choice(["full", "lora"]), default="full", show_default=True)
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--hard-negative-repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Times each project-written hard negative (safe text with trigger words) is seen per epoch.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this long (a checkpoint is saved; run again to resume).")
 def classifier_train(out: Path, data_dir: Path | None, mode: str, epochs: float, seed: int,
-                     max_minutes: float | None) -> None:
+                     hard_negative_repeats: int, max_minutes: float | None) -> None:
     """Fine-tune the classifier on the public data; reproducible from the seed, resumable."""
     from classifiers.train import TrainConfig, train
 
-    report = train(out, TrainConfig(mode=mode, epochs=epochs, seed=seed, max_minutes=max_minutes), data_dir)
+    config = TrainConfig(mode=mode, epochs=epochs, seed=seed, hard_negative_repeats=hard_negative_repeats,
+                         max_minutes=max_minutes)
+    report = train(out, config, data_dir)
     for key, value in report.items():
         if isinstance(value, dict) and "auprc" in value:
             click.echo(f"{key:<22} AUPRC {value['auprc']:.3f}  F1 {value['f1']:.3f}  FPR {value['fpr']:.3f}")

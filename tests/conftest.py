@@ -97,6 +97,17 @@ def upstream() -> Iterator[FakeUpstream]:
     fake.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def builtin_classifier_graph() -> Path:
+    """The default policy runs the shipped classifier: its ONNX graph is built once (~20 s, cached
+    under ~/.cache/wardgate/classifier across runs) before any gateway or policy test needs it, so
+    that no server start waits for it."""
+    from classifiers.export import onnx_graph
+    from classifiers.registry import BUILTIN_DIR
+
+    return onnx_graph(BUILTIN_DIR, "int8")
+
+
 @pytest.fixture(scope="session")
 def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """Starts a gateway with the given command-line arguments; all are stopped at session end."""

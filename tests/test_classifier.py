@@ -27,14 +27,6 @@ TINY = {"max_train_examples": 48, "max_valid_examples": 48, "max_calibration_exa
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def graph_cache(tmp_path_factory) -> Path:
-    """Graphs built by this run, in a directory of its own (children inherit it through the environment)."""
-    directory = tmp_path_factory.mktemp("graphs")
-    os.environ["WARDGATE_CLASSIFIER_CACHE"] = str(directory)
-    return directory
-
-
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("classifier")
@@ -97,20 +89,21 @@ def test_int8_stays_close_to_fp32(exact, int8):
     assert np.abs(int8.logits(TEXTS) - exact.logits(TEXTS)).max() < 0.5
 
 
-def test_the_graph_is_built_once_and_rebuilt_only_for_other_weights(tiny_artifact, graph_cache, tmp_path):
+def test_the_graph_is_built_once_and_rebuilt_only_for_other_weights(tiny_artifact, tmp_path):
     from classifiers.export import onnx_graph
 
-    graph = onnx_graph(tiny_artifact, "int8")
-    assert graph.parent == graph_cache and graph.is_file()
+    cache = tmp_path / "graphs"
+    graph = onnx_graph(tiny_artifact, "int8", cache)
+    assert graph.parent == cache and graph.is_file()
     built = graph.stat().st_mtime_ns
-    assert onnx_graph(tiny_artifact, "int8") == graph and graph.stat().st_mtime_ns == built
-    assert onnx_graph(tiny_artifact, "none") != graph
+    assert onnx_graph(tiny_artifact, "int8", cache) == graph and graph.stat().st_mtime_ns == built
+    assert onnx_graph(tiny_artifact, "none", cache) != graph
     config = json.loads((tiny_artifact / "config.json").read_text())
     copy = tmp_path / "recalibrated"
     copy.mkdir()
     (copy / "delta.safetensors").write_bytes((tiny_artifact / "delta.safetensors").read_bytes())
     (copy / "config.json").write_text(json.dumps({**config, "calibration_int8": None}))
-    assert onnx_graph(copy, "int8") == graph  # the calibration is not part of the graph
+    assert onnx_graph(copy, "int8", cache) == graph  # the calibration is not part of the graph
 
 
 def test_the_micro_batcher_scores_concurrent_requests_together(exact):
@@ -254,3 +247,58 @@ def test_a_stream_is_released_only_after_the_classifier_read_it(start_gateway, u
     lines = _stream(start_gateway("--upstream", upstream.url, "--policy", str(passing)))
     text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in lines[:-1])
     assert lines[-1] == "data: [DONE]" and text == "".join(STREAM_WORDS * 6)
+
+
+@pytest.fixture(scope="session")
+def bert_checkpoint(tmp_path_factory) -> Path:
+    """A tiny BERT sequence classifier (random weights) saved as a Hugging Face checkpoint whose labels
+    are two of ours, multi-label."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from classifiers.model import base_model_dir, build_tokenizer
+
+    out = tmp_path_factory.mktemp("checkpoint")
+    tokenizer = build_tokenizer(base_model_dir(), [])
+    tokenizer.save_pretrained(str(out))
+    config = BertConfig(vocab_size=len(tokenizer.get_vocab()), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                        id2label={0: "hate", 1: "unsafe"}, label2id={"hate": 0, "unsafe": 1},
+                        problem_type="multi_label_classification")
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(str(out))
+    return out
+
+
+def test_a_local_bert_checkpoint_replaces_the_bundled_model(bert_checkpoint, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    scores = RiskClassifier.load(bert_checkpoint, quantize="none").score(TEXTS)
+    model = BertForSequenceClassification.from_pretrained(str(bert_checkpoint)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(bert_checkpoint))
+    with torch.inference_mode():
+        expected = torch.sigmoid(model(**tokenizer(TEXTS[0], return_tensors="pt")).logits)[0]
+    assert scores[0, 0] == pytest.approx(float(expected[1]), abs=1e-5)  # unsafe
+    assert scores[0, 3] == pytest.approx(float(expected[0]), abs=1e-5)  # hate
+    assert (np.delete(scores, [0, 3], axis=1) < 1e-6).all()  # labels it does not have never fire
+    # From a policy: the stage names the directory, and its golden test runs on the checkpoint.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"""version: "checkpoint-test"
+input:
+  stages:
+    - {{type: classifier, model: {bert_checkpoint}, quantize: int8, block: {{hate: 0.0}}}}
+tests:
+  - {{text: "hello there", expect: block, rule: classifier.hate}}
+""")
+    result = subprocess.run([WARDGATE, "policy", "test", str(policy)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "1 passed, 0 failed" in result.stdout + result.stderr
+
+
+def test_a_checkpoint_whose_labels_are_not_ours_is_refused():
+    from classifiers.labels import ClassifierError
+    from classifiers.model import base_model_dir
+
+    with pytest.raises(ClassifierError, match="must be wardgate's"):
+        RiskClassifier.load(base_model_dir(), quantize="none")  # a plain encoder: no labels of ours

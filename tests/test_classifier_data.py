@@ -10,7 +10,7 @@ import importlib.util
 import itertools
 import re
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -396,3 +396,14 @@ def test_labels_md_names_every_source_and_has_current_counts(parts):
     text = labels_md.read_text(encoding="utf-8")
     block = text.split("<!-- counts:begin -->\n", 1)[1].split("<!-- counts:end -->", 1)[0]
     assert block.strip() == data.counts_table(*parts), "run: python -m classifiers.data --update-labels-md"
+
+
+def test_hard_negatives_can_weigh_more(parts):
+    train = parts[0]
+    plain = Counter(e.source for e in training_mix(train, seed=0))
+    tripled = Counter(e.source for e in training_mix(train, seed=0, hard_negative_repeats=3))
+    hard = {source for source in plain if source.startswith("wardgate/hard_negatives")}
+    assert hard == {"wardgate/hard_negatives_en", "wardgate/hard_negatives_zh", "wardgate/hard_negatives2_en",
+                    "wardgate/hard_negatives2_zh"}
+    assert all(tripled[source] == 3 * plain[source] for source in hard)
+    assert all(tripled[source] == plain[source] for source in plain if source not in hard)
