@@ -87,11 +87,13 @@ def onnx_graph(artifact: Path, precision: str, cache: Path | None = None) -> Pat
 
 @contextlib.contextmanager
 def _quiet_tools():
-    """The exporter and the quantiser log advice meant for their own developers (torchvision ops not
-    registered, "consider pre-processing"): keep it out of the operator's log while a graph is built."""
-    exporter = logging.getLogger("torch.onnx")
-    level = exporter.level
-    exporter.setLevel(logging.ERROR)
+    """The exporter, the quantiser and the model loader log advice meant for their own developers
+    (torchvision ops not registered, "consider pre-processing", the base's unused pooler weights):
+    keep it out of the operator's log while a graph is built."""
+    chatty = [logging.getLogger(name) for name in ("torch.onnx", "transformers")]
+    levels = [logger.level for logger in chatty]
+    for logger in chatty:
+        logger.setLevel(logging.ERROR)
     root = logging.getLogger()
     not_onnxruntime = logging.Filter()
     not_onnxruntime.filter = lambda record: "onnxruntime" not in record.pathname
@@ -101,12 +103,13 @@ def _quiet_tools():
             warnings.simplefilter("ignore")
             yield
     finally:
-        exporter.setLevel(level)
+        for logger, level in zip(chatty, levels, strict=True):
+            logger.setLevel(level)
         root.removeFilter(not_onnxruntime)
 
 
 def _build(artifact: Path, precision: str, scratch: Path) -> Path:
-    # torch and the exporter load only here: a cached graph needs neither.
+    # The exporter and the quantiser load only here: a cached graph needs neither.
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
