@@ -1,2 +1,3 @@
-"""The BERT risk classifier: loading, int8 inference, micro-batching, training, evaluation, and the
-shipped adapter artifact with its model card. Not built yet (issue 5)."""
+"""The BERT risk classifier: data mapping, training, the shipped delta artifact with its model card,
+ONNX Runtime int8 inference (export.py, runtime.py), micro-batching, local BERT checkpoints, and
+offline scoring and evaluation."""
