@@ -13,9 +13,12 @@ padded batches of 8 or 32 (a batch pays for its longest text). And int8 quantise
 call, so a window scored beside others would get another scale — and another score — than alone.
 Scored alone, a text's scores never depend on its company.
 
-Micro-batching: concurrent requests are scored together (up to `max_batch` texts, waiting at most
-`max_wait_ms` for company) in one call to a worker thread, so that inference never blocks the
-event loop and the hand-off is paid once per batch rather than once per text.
+Micro-batching: concurrent requests are scored together (up to `max_batch` texts: those that queued
+while the previous batch ran, after waiting at most `max_wait_ms` for company) in one call to a worker
+thread, so that inference never blocks the event loop and the hand-off is paid once per batch rather
+than once per text. The wait defaults to 0: windows run one per pass, so a lone request gains nothing
+from company it waits for (measured through the gateway at 100 requests/s: p50 added 3.3 ms with no
+wait, 5.4 ms with 2 ms), while under load the queue fills the batches by itself.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ class RiskClassifier:
 class MicroBatcher:
     """`await batcher.score(text)` → that text's scores, computed in a batch with concurrent callers."""
 
-    def __init__(self, classifier: RiskClassifier, max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
+    def __init__(self, classifier: RiskClassifier, max_batch: int = 32, max_wait_ms: float = 0.0) -> None:
         self.classifier = classifier
         self.labels = LABELS
         self.max_batch = max_batch
@@ -136,6 +139,9 @@ class MicroBatcher:
             batch = [await queue.get()]
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_batch:
+                if not queue.empty():  # what queued while the previous batch ran goes without waiting
+                    batch.append(queue.get_nowait())
+                    continue
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     break

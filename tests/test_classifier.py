@@ -106,7 +106,8 @@ def test_the_graph_is_built_once_and_rebuilt_only_for_other_weights(tiny_artifac
     assert onnx_graph(copy, "int8", cache) == graph  # the calibration is not part of the graph
 
 
-def test_the_micro_batcher_scores_concurrent_requests_together(exact):
+@pytest.mark.parametrize("max_wait_ms", [20.0, 0.0])  # 0: only what queued while a batch ran joins the next
+def test_the_micro_batcher_scores_concurrent_requests_together(exact, max_wait_ms):
     sizes = []
 
     class Counting(RiskClassifier):
@@ -115,7 +116,7 @@ def test_the_micro_batcher_scores_concurrent_requests_together(exact):
             return super().score(texts)
 
     counting = Counting(exact.session, exact.tokenizer, exact.config, quantize="none")
-    batcher = MicroBatcher(counting, max_batch=8, max_wait_ms=20)
+    batcher = MicroBatcher(counting, max_batch=8, max_wait_ms=max_wait_ms)
 
     async def score_all():
         return await asyncio.gather(*(batcher.score(text) for text in TEXTS * 4))
