@@ -42,12 +42,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wardgate" / "classifier"
 
 
-def graph_key(artifact: Path, precision: str) -> str:
+def graph_key(artifact: Path, precision: str, checkpoint: dict | None) -> str:
     """What shapes the graph: the weights' bytes, how they are merged, the base and the tools' versions
-    (not an artifact's calibration, which is applied to the graph's logits)."""
+    (not an artifact's calibration, which is applied to the graph's logits). `checkpoint`: the
+    directory's config.json when it is a Hugging Face checkpoint, else None."""
     from classifiers.artifact import read_config
 
-    if read_checkpoint_config(artifact) is not None:  # a checkpoint: every file of it
+    if checkpoint is not None:  # every file of it
         digest = hashlib.sha256()
         for path in sorted(path for path in artifact.rglob("*") if path.is_file()):
             digest.update(path.relative_to(artifact).as_posix().encode() + b"\0" + path.read_bytes())
@@ -66,8 +67,9 @@ def onnx_graph(artifact: Path, precision: str, cache: Path | None = None) -> Pat
     """The cached ONNX file for `artifact` at `precision` ("int8" or "none"), built if missing."""
     if precision not in PRECISIONS:
         raise ClassifierError(f"quantize must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    checkpoint = read_checkpoint_config(artifact)  # read once: the key and the build both need it
     try:
-        key = graph_key(artifact, precision)
+        key = graph_key(artifact, precision, checkpoint)
     except OSError as exc:
         raise ClassifierError(f"{artifact}: not a wardgate classifier artifact: {exc}") from None
     target = (cache or cache_root()) / f"{key}.onnx"
@@ -77,7 +79,7 @@ def onnx_graph(artifact: Path, precision: str, cache: Path | None = None) -> Pat
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as scratch:
             with _quiet_tools():
-                built = _build(artifact, precision, Path(scratch))
+                built = _build(artifact, precision, Path(scratch), checkpoint)
             built.replace(target)  # atomic: a concurrent builder or reader sees a whole file or none
     except OSError as exc:
         raise ClassifierError(f"cannot write the classifier graph under {target.parent}: {exc} "
@@ -108,7 +110,7 @@ def _quiet_tools():
         root.removeFilter(not_onnxruntime)
 
 
-def _build(artifact: Path, precision: str, scratch: Path) -> Path:
+def _build(artifact: Path, precision: str, scratch: Path, checkpoint: dict | None) -> Path:
     # The exporter and the quantiser load only here: a cached graph needs neither.
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -116,7 +118,6 @@ def _build(artifact: Path, precision: str, scratch: Path) -> Path:
 
     from classifiers.artifact import load_artifact
 
-    checkpoint = read_checkpoint_config(artifact)
     if checkpoint is not None:
         model, encoder = exportable_checkpoint(artifact, checkpoint)
     else:
