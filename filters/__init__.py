@@ -1,2 +1,2 @@
 """Text stages that need no model: normalisation (normalize.py), the multi-pattern blacklist
-(blacklist.py), and still to come PII patterns and the external moderation hook client."""
+(blacklist.py), personal data and secrets (pii.py); still to come: the external moderation hook client."""
