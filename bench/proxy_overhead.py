@@ -13,9 +13,12 @@ and is driven by ``wrk`` at several connection counts:
 * ``starlette-minimal`` - bench/minimal_proxy.py: Starlette + one aiohttp
                    call and nothing else, the ceiling of a Python proxy on
                    this stack (what wardgate's own work is measured against);
-* ``wardgate``   - ``wardgate serve`` with no inspection stages (``--policy none``)
-                   and an API key (auth, admission control, access logs and metrics
-                   all on);
+* ``wardgate``   - ``wardgate serve`` with no inspection stages (``--policy none``),
+                   no audit log (``--audit-dsn none``) and an API key (auth, admission
+                   control, access logs and metrics all on);
+* ``wardgate-audit`` - the same with the audit log on (SQLite, group commit, each
+                   response held until its record is committed): the pair's ratio
+                   is what the audit log costs;
                    ``--wardgate-args`` adds options, e.g. ``"--workers 2"``.
 
 The fake upstream is a separate nginx instance returning a static
@@ -89,9 +92,9 @@ WARDGATE_BIN = REPO_ROOT / ".venv" / "bin" / "wardgate"
 LITELLM_VENV = REPO_ROOT / ".bench" / "litellm-venv"
 LITELLM_BIN = LITELLM_VENV / "bin" / "litellm"
 
-ALL_TARGETS = ("direct", "nginx", "nginx-auto", "litellm", "starlette-minimal", "wardgate")
+ALL_TARGETS = ("direct", "nginx", "nginx-auto", "litellm", "starlette-minimal", "wardgate", "wardgate-audit")
 # Ratios are printed for every target against each of these measured before it.
-REFERENCES = ("direct", "nginx", "litellm", "starlette-minimal")
+REFERENCES = ("direct", "nginx", "litellm", "starlette-minimal", "wardgate")
 
 CHAT_PATH = "/v1/chat/completions"
 REQUEST_BODY = json.dumps(
@@ -332,7 +335,7 @@ def minimal_proxy_cmd(port: int) -> list[str]:
     ]
 
 
-def wardgate_cmd(cfg: BenchConfig, upstream_url: str, port: int) -> list[str]:
+def wardgate_cmd(cfg: BenchConfig, upstream_url: str, port: int, audit: bool) -> list[str]:
     if not WARDGATE_BIN.exists():
         raise TargetUnavailable(f"{WARDGATE_BIN} not installed")
     return [
@@ -344,9 +347,11 @@ def wardgate_cmd(cfg: BenchConfig, upstream_url: str, port: int) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
-        # Pass-through overhead: no inspection stages (bench/blacklist.py measures those).
+        # Pass-through overhead: no inspection stages (bench/blacklist.py measures those); the audit
+        # log only for `wardgate-audit` (its SQLite file in the workdir), so that the pair shows its cost.
         "--policy",
         "none",
+        *([] if audit else ["--audit-dsn", "none"]),
         *cfg.wardgate_args,
     ]
 
@@ -367,11 +372,12 @@ def proxy_target(name: str, cfg: BenchConfig, upstream_url: str) -> Iterator[str
     elif name == "starlette-minimal":
         cmd, health = minimal_proxy_cmd(port), "/v1/models"
         env = {**os.environ, "WARDGATE_BENCH_UPSTREAM": upstream_url}
-    elif name == "wardgate":
-        cmd, health = wardgate_cmd(cfg, upstream_url, port), "/healthz"
+    elif name in ("wardgate", "wardgate-audit"):
+        cmd, health = wardgate_cmd(cfg, upstream_url, port, audit=name == "wardgate-audit"), "/healthz"
         # Authentication on, as in production: the bench's bearer token is a configured key.
         api_keys = [{"id": "bench", "tenant": "bench", "sha256": hashlib.sha256(API_KEY.encode()).hexdigest()}]
-        env = {**os.environ, "WARDGATE_API_KEYS": json.dumps(api_keys)}
+        env = {**os.environ, "WARDGATE_API_KEYS": json.dumps(api_keys),
+               "WARDGATE_STATE_DIR": str(cfg.workdir / f"{name}-state")}
     else:
         raise ValueError(name)
     base_url = f"http://127.0.0.1:{port}"

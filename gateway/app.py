@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.audit_trail import build_writer
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.errors import INTERNAL_ERROR, GatewayError, error_response, on_http_exception
@@ -22,6 +24,7 @@ from gateway.limits import AdmissionControl
 from gateway.policy_reload import PolicyManager
 from gateway.routes import OpenAIProxy, Probes, build_routes
 from gateway.telemetry import Metrics, RequestTelemetry
+from gateway.tracing import configure_tracing, shutdown_tracing
 from gateway.upstream import UpstreamClient
 from policies.history import PolicyHistory
 
@@ -45,15 +48,24 @@ def policy_path(setting: str) -> Path | None:
 
 def create_app(settings: Settings) -> Starlette:
     """Raises PolicyError (file:line) when the configured policy cannot be used."""
+    configure_tracing(settings.otel_exporter, settings.otel_endpoint)
     metrics = Metrics()
     upstream = UpstreamClient(settings)
+    audit = build_writer(settings, metrics) if settings.audit_enabled else None
+    if audit is not None:
+        metrics.audit_queue_depth.set_function(lambda: audit.queue_depth)
     path = policy_path(settings.policy)
     policies = None
     if path is not None:
-        policies = PolicyManager(path, metrics, PolicyHistory(settings.policy_history_path), settings.policy_poll_s)
+        policies = PolicyManager(path, metrics, PolicyHistory(settings.policy_history_path), settings.policy_poll_s,
+                                 audit)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if audit is not None:
+            # Migrates the schema and replays what an earlier run spilled; a store that cannot be
+            # opened stops the start: the gateway never serves without its audit trail.
+            await asyncio.to_thread(audit.open)
         await upstream.start()
         if policies is not None:
             await policies.start()
@@ -69,6 +81,9 @@ def create_app(settings: Settings) -> Starlette:
             if policies is not None:
                 await policies.stop()
             await upstream.close()
+            if audit is not None:
+                await asyncio.to_thread(audit.close)
+            shutdown_tracing()
 
     admission = AdmissionControl(
         max_concurrency=settings.max_concurrency,
@@ -83,7 +98,8 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestTelemetry, metrics=metrics, route_paths=frozenset(route.path for route in routes)),
+            Middleware(RequestTelemetry, metrics=metrics, route_paths=frozenset(route.path for route in routes),
+                       audit=audit),
         ],
         exception_handlers={
             HTTPException: on_http_exception,

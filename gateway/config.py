@@ -83,9 +83,46 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="Where traces go: OTLP over HTTP, the console (stderr), or nowhere"
+    )
+    otel_endpoint: str | None = Field(
+        None, description="OTLP traces URL, e.g. http://collector:4318/v1/traces; default: OTEL_EXPORTER_OTLP_* "
+        "environment"
+    )
+
+    audit_dsn: str | None = Field(
+        None, description="Audit store: a SQLite file, `postgresql://...`, or `none` (no audit log); "
+        "default $state_dir/audit.sqlite3"
+    )
+    audit_hmac_key: str | None = Field(
+        None, repr=False, description="Secret for HMAC-signed checkpoints; default: a key kept in $state_dir"
+    )
+    audit_signing_key: Path | None = Field(
+        None, description="Ed25519 private key (PEM) to sign checkpoints with instead of HMAC"
+    )
+    audit_checkpoint_every: int = Field(1000, ge=1, description="Sign a checkpoint after this many records...")
+    audit_checkpoint_interval_s: float = Field(60.0, gt=0, description="...or after this long, whichever is first")
+    audit_queue_size: int = Field(10_000, ge=1, description="Records waiting for commit; beyond: the policy's "
+                                  "on_store_failure")
+    audit_batch_max: int = Field(512, ge=1, description="Most records committed in one transaction")
+
     @property
     def policy_history_path(self) -> Path:
         return self.state_dir / "policy-history.sqlite3"
+
+    @property
+    def audit_enabled(self) -> bool:
+        return self.audit_dsn != "none"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.state_dir / "audit.sqlite3"
+
+    @property
+    def audit_hmac_key_path(self) -> Path:
+        """Where the gateway keeps the HMAC key it made itself when none is configured."""
+        return self.state_dir / "audit-hmac.key"
 
     @field_validator("upstream")
     @classmethod

@@ -18,9 +18,10 @@ import orjson
 from pydantic import BaseModel
 from starlette.types import Scope
 
+from gateway.audit_trail import note_stream
 from gateway.errors import POLICY_BLOCKED_INPUT, POLICY_BLOCKED_OUTPUT, GatewayError
-from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
-from gateway.pipeline import ALLOW, Context, Pipeline, Verdict, strongest
+from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, completion_texts
+from gateway.pipeline import ALLOW, SEVERITY, Context, Pipeline, Verdict, strongest
 from gateway.streaming import RawResponse
 from policies.schema import Direction, policy_digest
 
@@ -40,12 +41,21 @@ class Enforcer:
     async def verdicts(self, texts: list[str], scope: Scope, direction: Direction) -> list[Verdict]:
         state = scope["state"]
         ctx = Context(direction, state.get("tenant"), scope["path"], state.get("request_id", ""))
-        return await self.pipeline.inspect_each(texts, ctx)
+        return await self.pipeline.inspect_each(texts, ctx, timings=_stage_timings(state, direction))
 
     def record(self, scope: Scope, direction: Direction, verdict: Verdict) -> None:
+        """Keep the direction's strongest verdict so far for the audit record, and (when it is not
+        an allow) for the access log line."""
+        state = scope["state"]
+        verdicts = state.setdefault("verdicts", {})
+        kept = verdicts.get(direction)
+        if kept is None or SEVERITY[verdict.action] > SEVERITY[kept.action] or (
+                verdict.action == kept.action and _unsafe_score(verdict) > _unsafe_score(kept)):
+            verdicts[direction] = verdict
         if verdict.action != "allow":
-            scope["state"][f"{direction}_verdict"] = {"action": verdict.action, "rule_id": verdict.rule_id,
-                                                       "category": verdict.category, "stage": verdict.stage}
+            state[f"{direction}_verdict"] = {"action": verdict.action, "rule_id": verdict.rule_id,
+                                             "category": verdict.category, "stage": verdict.stage,
+                                             "score": verdict.score}
 
     async def check_request(self, texts: list[str], body: bytes, scope: Scope) -> tuple[Verdict, bytes]:
         """The strongest input verdict, and the body to forward (redacted where asked)."""
@@ -54,10 +64,10 @@ class Enforcer:
         scope["state"]["inspect_input_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return verdict, body
 
-    async def check_completion(self, payload: bytes, scope: Scope) -> tuple[Verdict, bytes]:
-        """The strongest output verdict over a non-streamed completion, and the payload to return."""
-        document = orjson.loads(payload)
-        texts = [text for text in _completion_texts(document) if text]
+    async def check_completion(self, document: dict, payload: bytes, scope: Scope) -> tuple[Verdict, bytes]:
+        """The strongest output verdict over a non-streamed completion (`payload`, parsed as
+        `document`), and the payload to return."""
+        texts = [text for text in completion_texts(document) if text]
         if not texts:
             return ALLOW, payload
         return await self._check(texts, payload, document, scope, "output")
@@ -122,6 +132,7 @@ class StreamChecker:
             self.total_chars += len(text)
             self.held.append((event, self.total_chars))
         new_text = "".join(added)
+        note_stream(self.scope["state"], new_text, events)
         if new_text:
             window = self.tail + new_text
             await self._check(window, "cheap")
@@ -150,10 +161,20 @@ class StreamChecker:
         self.expensive_checked_chars = self.total_chars
 
     async def _check(self, text: str, stages: str) -> None:
-        [verdict] = await self.enforcer.pipeline.inspect_each([text], self.ctx, stages)
+        [verdict] = await self.enforcer.pipeline.inspect_each(
+            [text], self.ctx, stages, timings=_stage_timings(self.scope["state"], "output"))
         self.enforcer.record(self.scope, "output", verdict)
         if verdict.action == "block":
             raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
+
+
+def _unsafe_score(verdict: Verdict) -> float:
+    return verdict.scores.get("unsafe", -1.0) if verdict.scores else -1.0
+
+
+def _stage_timings(state: dict, direction: Direction) -> dict[str, float]:
+    """Milliseconds per stage for this request and direction, added up over its checks (for the audit)."""
+    return state.setdefault("stage_ms", {}).setdefault(direction, {})
 
 
 def _replace_strings(value: object, replacements: dict[str, str]) -> object:
@@ -165,21 +186,6 @@ def _replace_strings(value: object, replacements: dict[str, str]) -> object:
     if isinstance(value, dict):
         return {key: _replace_strings(item, replacements) for key, item in value.items()}
     return value
-
-
-def _completion_texts(document: object) -> list[str]:
-    if not isinstance(document, dict):
-        return []
-    texts = []
-    for choice in document.get("choices") or []:
-        if not isinstance(choice, dict):
-            continue
-        message = choice.get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            texts.append(message["content"])
-        if isinstance(choice.get("text"), str):
-            texts.append(choice["text"])
-    return texts
 
 
 def _event_delta_text(event: bytes) -> tuple[str, bool]:

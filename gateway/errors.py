@@ -122,7 +122,7 @@ INVALID_API_KEY = _register(ErrorKind(
 ADMIN_UNAUTHORIZED = _register(ErrorKind(
     "WG3003", "admin_unauthorized", 401, "authentication_error",
     "This admin endpoint needs an admin credential: send `Authorization: Bearer <key>`.",
-    "An admin endpoint was called without a valid admin credential: the gateway's `GET /admin/policy` "
+    "An admin endpoint was called without a valid admin credential: the gateway's `/admin/policy` or `/admin/audit` "
     "without a key, with an unknown key, or on a gateway where no key has `role: admin` (admin "
     "endpoints are closed until one is configured); the model server's `POST /admin/model` without "
     "its admin token or with a wrong one.",
@@ -181,6 +181,15 @@ OVERLOADED = _register(ErrorKind(
     "queued request waited longer than `queue_timeout_s`.",
     "Retry after the Retry-After delay with backoff; operators can raise `max_concurrency` or add "
     "replicas.",
+))
+
+AUDIT_UNAVAILABLE = _register(ErrorKind(
+    "WG5002", "audit_unavailable", 503, "server_error",
+    "The request could not be recorded in the audit log, and the policy forbids answering without a record.",
+    "The audit store (SQLite file or PostgreSQL) is down or cannot keep up, and the active policy says "
+    "`audit: {on_store_failure: fail_closed}`. Nothing the model said was returned.",
+    "Retry later. Operators: check the store (the log line `audit_store_unavailable` names the error) "
+    "and `wardgate_audit_queue_depth`; `on_store_failure: spill` keeps serving through a local spill file.",
 ))
 
 MODEL_OVERLOADED = _register(ErrorKind(

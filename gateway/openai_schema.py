@@ -68,6 +68,22 @@ class EmbeddingRequest(BaseModel):
         return [self.input] if isinstance(self.input, str) else [i for i in self.input if isinstance(i, str)]
 
 
+def completion_texts(document: object) -> list[str]:
+    """The texts of a (non-streamed) chat or text completion response."""
+    if not isinstance(document, dict):
+        return []
+    texts = []
+    for choice in document.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            texts.append(message["content"])
+        if isinstance(choice.get("text"), str):
+            texts.append(choice["text"])
+    return texts
+
+
 @functools.cache
 def _adapter(model: type[BaseModel]) -> TypeAdapter:
     return TypeAdapter(model)

@@ -7,12 +7,14 @@ request is the strongest of its stages' (block > redact > flag > allow), the fir
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from classifiers.labels import ClassifierError
 from filters.blacklist import Blacklist, Rule, RuleError
+from gateway.tracing import child_span
 from policies.schema import (
     Action,
     BlacklistStage,
@@ -26,7 +28,7 @@ from policies.schema import (
 )
 from policies.yaml_source import line_of, parse_yaml
 
-_SEVERITY = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
+SEVERITY = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ ALLOW = Verdict()
 
 
 class Inspector(Protocol):
+    name: str
+
     async def inspect(self, text: str, ctx: Context) -> Verdict: ...
 
 
@@ -97,7 +101,7 @@ class BlacklistInspector:
         matches = self.blacklist.scan(text)
         if not matches:
             return ALLOW
-        strongest = max(matches, key=lambda match: _SEVERITY[match.action])
+        strongest = max(matches, key=lambda match: SEVERITY[match.action])
         replacement = None
         if strongest.action == "redact":
             replacement = _redacted(text, [(m.original_start, m.original_end) for m in matches
@@ -160,10 +164,12 @@ class Pipeline:
     def has_expensive(self, ctx: Context) -> bool:
         return any(getattr(inspector, "expensive", False) for inspector in self._inspectors(ctx))
 
-    async def inspect_each(self, texts: list[str], ctx: Context, stages: str = "all") -> list[Verdict]:
+    async def inspect_each(self, texts: list[str], ctx: Context, stages: str = "all",
+                           timings: dict[str, float] | None = None) -> list[Verdict]:
         """One verdict per text, the strongest of its stages' (the earlier stage's on a tie; an
         allow that carries scores beats a bare one). A text already blocked skips later stages.
-        `stages`: "all", or only the "cheap" or the "expensive" ones (streams run them apart)."""
+        `stages`: "all", or only the "cheap" or the "expensive" ones (streams run them apart).
+        `timings`: milliseconds spent per stage are added to it."""
         verdicts = [ALLOW] * len(texts)
         for inspector in self._inspectors(ctx):
             expensive = getattr(inspector, "expensive", False)
@@ -172,13 +178,20 @@ class Pipeline:
             pending = [index for index, verdict in enumerate(verdicts) if verdict.action != "block"]
             if not pending:
                 break
-            if expensive:  # awaited together, so that the texts share a micro-batch
-                found = await asyncio.gather(*(inspector.inspect(texts[index], ctx) for index in pending))
-            else:
-                found = [await inspector.inspect(texts[index], ctx) for index in pending]
+            started = time.perf_counter()
+            with child_span(f"inspect {inspector.name}", direction=ctx.direction, stage=inspector.name) as span:
+                if expensive:  # awaited together, so that the texts share a micro-batch
+                    found = await asyncio.gather(*(inspector.inspect(texts[index], ctx) for index in pending))
+                else:
+                    found = [await inspector.inspect(texts[index], ctx) for index in pending]
+                if span is not None:
+                    span.set_attribute("action", strongest(found).action)
+            if timings is not None:
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                timings[inspector.name] = round(timings.get(inspector.name, 0.0) + elapsed_ms, 3)
             for index, verdict in zip(pending, found, strict=True):
                 current = verdicts[index]
-                if _SEVERITY[verdict.action] > _SEVERITY[current.action] or (
+                if SEVERITY[verdict.action] > SEVERITY[current.action] or (
                         verdict.action == current.action and current.scores is None and verdict.scores is not None):
                     verdicts[index] = verdict
         return verdicts
@@ -189,7 +202,7 @@ class Pipeline:
 
 def strongest(verdicts: list[Verdict]) -> Verdict:
     """The most severe verdict, the first one on a tie; ALLOW for none."""
-    return max(verdicts, key=lambda verdict: _SEVERITY[verdict.action], default=ALLOW)
+    return max(verdicts, key=lambda verdict: SEVERITY[verdict.action], default=ALLOW)
 
 
 @dataclass(frozen=True)

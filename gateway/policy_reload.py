@@ -31,6 +31,8 @@ from gateway.pipeline import golden_failures, load_pipeline
 from gateway.telemetry import Metrics
 from policies.history import HistoryError, PolicyHistory
 from policies.schema import PolicyError
+from privacy.audit.record import new_record
+from privacy.audit.writer import AuditUnavailable, AuditWriter
 
 log = structlog.get_logger("wardgate.policy")
 
@@ -81,11 +83,13 @@ def _iso(timestamp: float) -> str:
 
 
 class PolicyManager:
-    def __init__(self, path: Path, metrics: Metrics, history: PolicyHistory | None, poll_s: float) -> None:
+    def __init__(self, path: Path, metrics: Metrics, history: PolicyHistory | None, poll_s: float,
+                 audit: AuditWriter | None = None) -> None:
         """Loads `path` now; raises PolicyError if it cannot be used (the gateway must not start)."""
         self.path = path
         self.metrics = metrics
         self.history = history
+        self.audit = audit
         self.poll_s = poll_s
         enforcer = prepare(path)
         self.active = ActivePolicy(enforcer, time.time())
@@ -105,6 +109,7 @@ class PolicyManager:
         if failures:
             raise PolicyError("\n".join(failures))
         await self._write_history("record_activation", self.active.enforcer.policy, "activated", "startup")
+        await self._audit_event("policy_activated", self.active.enforcer, reason="startup")
         self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
@@ -163,6 +168,7 @@ class PolicyManager:
         log.info("policy_activated", path=str(self.path), version=enforcer.policy.version, digest=digest,
                  previous_version=previous)
         await self._write_history("record_activation", enforcer.policy, "activated", "file changed")
+        await self._audit_event("policy_activated", enforcer, reason="file changed", previous_version=previous)
         return True
 
     async def _refuse(self, reason: str, digest: str | None) -> None:
@@ -171,6 +177,20 @@ class PolicyManager:
         log.warning("policy_refused", path=str(self.path), reason=reason,
                     running_version=self.active.enforcer.policy.version)
         await self._write_history("record_refusal", self.path, reason, digest)
+        await self._audit_event("policy_refused", None, reason=reason, refused_digest=digest,
+                                running_version=self.active.enforcer.policy.version)
+
+    async def _audit_event(self, event: str, enforcer: Enforcer | None, **fields: object) -> None:
+        """An admin event in the audit log. Like the history, failing to write it is logged, not fatal:
+        the policy change has happened either way."""
+        if self.audit is None:
+            return
+        if enforcer is not None:
+            fields.update(policy_version=enforcer.policy.version, policy_digest=enforcer.digest)
+        try:
+            await self.audit.commit(new_record("event", event=event, policy_path=str(self.path), **fields))
+        except AuditUnavailable as exc:
+            log.error("audit_event_lost", audit_event=event, error=str(exc))
 
     async def _write_history(self, method: str, *args: object) -> None:
         """History is for rollback and forensics: failing to write it is logged, never fatal."""

@@ -6,11 +6,14 @@ import time
 
 import aiohttp
 import orjson
+from opentelemetry.trace import SpanKind
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.admin_audit import AdminAuditEndpoint
+from gateway.audit_trail import note_completion, note_request
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.enforcement import refusal_response
@@ -32,6 +35,7 @@ from gateway.policy_reload import AdminPolicyEndpoint, PolicyManager
 from gateway.request_body import read_body
 from gateway.streaming import CancelOnDisconnect, ClientDisconnected, RawResponse, SSERelayResponse
 from gateway.telemetry import Metrics
+from gateway.tracing import child_span, trace_headers
 from gateway.upstream import (
     UpstreamClient,
     request_headers_for_upstream,
@@ -94,6 +98,7 @@ class OpenAIProxy:
         self.max_body_bytes = settings.max_body_bytes
         self.max_upstream_body_bytes = settings.max_upstream_body_bytes
         self.upstream_api_key = settings.upstream_api_key
+        self.settings = settings  # for the admin routes that need more of it (GET /admin/audit)
 
     async def relay(self, scope: Scope, receive: Receive, request_model: type[RequestModel] | None) -> ASGIApp:
         """Check the request (when `request_model` is given), forward it, and return the response
@@ -103,10 +108,13 @@ class OpenAIProxy:
         inspect_output = False
         # One policy version for the whole exchange, input and output, even if a reload lands meanwhile.
         enforcer = self.policies.enforcer if self.policies is not None and request_model is not None else None
+        if self.policies is not None:
+            scope["state"]["audit_settings"] = self.policies.enforcer.policy.audit
         if request_model is not None:
             body = await read_body(scope, receive, self.max_body_bytes)
             parsed = parse_request(request_model, body)
             stream = getattr(parsed, "stream", False)
+            note_request(scope["state"], parsed)
             if enforcer is not None:
                 scope["state"]["policy_version"] = enforcer.policy.version
                 scope["state"]["policy_digest"] = enforcer.digest
@@ -121,8 +129,16 @@ class OpenAIProxy:
         path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         started = time.perf_counter()
         async with CancelOnDisconnect(scope, receive, grace_s=DISCONNECT_WATCH_GRACE_S):
-            upstream = await self.upstream.send(scope["method"], path, headers, body)
+            with child_span("upstream", SpanKind.CLIENT, **{"http.request.method": scope["method"]}) as span:
+                context_headers = trace_headers()
+                if context_headers:  # the model server continues our trace, not the client's
+                    headers = [header for header in headers if header[0] not in ("traceparent", "tracestate")]
+                    headers += context_headers
+                upstream = await self.upstream.send(scope["method"], path, headers, body)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", upstream.status)
             state["upstream_s"] = time.perf_counter() - started
+            state["upstream_status"] = upstream.status
             client_headers = response_headers_for_client(upstream.raw_headers)
             if stream and upstream.status == 200 and upstream.content_type == "text/event-stream":
                 checker = enforcer.stream_checker(scope) if inspect_output else None
@@ -131,9 +147,11 @@ class OpenAIProxy:
                 payload = await self._read_whole(upstream)
             finally:
                 upstream.release()
-        _check_complete_response(upstream.status, payload)
+        document = _check_complete_response(upstream.status, payload)
+        if document is not None and request_model is not None:
+            note_completion(state, document)
         if inspect_output and upstream.status == 200:
-            verdict, payload = await enforcer.check_completion(payload, scope)
+            verdict, payload = await enforcer.check_completion(document, payload, scope)
             if verdict.action == "block":  # on_block: refusal
                 return refusal_response(parsed, enforcer.policy.on_block.message)
         return RawResponse(upstream.status, client_headers, payload)
@@ -156,20 +174,22 @@ class OpenAIProxy:
             raise transport_error(exc, response_started=True) from None
 
 
-def _check_complete_response(status: int, payload: bytes) -> None:
+def _check_complete_response(status: int, payload: bytes) -> dict | None:
     """Upstream 4xx answers are the client's business and pass through; 5xx and non-JSON success
-    bodies are the upstream's failure and become coded errors."""
+    bodies are the upstream's failure and become coded errors. Returns a success body, parsed."""
     if status >= 500:
         raise GatewayError(UPSTREAM_SERVER_ERROR, f"The model server failed with HTTP {status}.")
-    if 200 <= status < 300:
-        try:
-            parsed = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise GatewayError(
-                UPSTREAM_BAD_RESPONSE, f"The model server answered HTTP {status} with a body that is not a JSON object."
-            )
+    if not 200 <= status < 300:
+        return None
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise GatewayError(
+            UPSTREAM_BAD_RESPONSE, f"The model server answered HTTP {status} with a body that is not a JSON object."
+        )
+    return parsed
 
 
 class Probes:
@@ -193,6 +213,7 @@ def build_routes(
     proxy: OpenAIProxy, probes: Probes, authenticator: Authenticator, admission: AdmissionControl
 ) -> list[Route]:
     admin_policy = AdminPolicyEndpoint(proxy.policies, authenticator)
+    admin_audit = AdminAuditEndpoint(proxy.settings, authenticator)
     def endpoint(request_model: type[RequestModel] | None) -> ProxyEndpoint:
         return ProxyEndpoint(proxy, request_model, authenticator, admission)
 
@@ -206,4 +227,5 @@ def build_routes(
         Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/metrics", probes.metrics_text, methods=["GET"]),
         Route("/admin/policy", admin_policy.get, methods=["GET"]),
+        Route("/admin/audit", admin_audit.get, methods=["GET"]),
     ]

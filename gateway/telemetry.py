@@ -18,6 +18,11 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from filters.pii import redact_pii
+from gateway.audit_trail import UNAUDITED_PATHS, AuditedSend
+from gateway.tracing import RequestSpan, tracing_enabled
+from privacy.audit.writer import AuditWriter
+
 # Proxy overhead is sub-millisecond and model calls take seconds: buckets must resolve both.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -26,9 +31,29 @@ def _orjson_text(event: dict, **_: object) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
+# Fields that hold identifiers the gateway made or checked, never free text.
+_NOT_TEXT = frozenset({"event", "timestamp", "level", "logger", "request_id", "trace_id", "route", "method",
+                       "status", "tenant", "latency_ms", "upstream_ms", "error_code", "policy_digest"})
+
+
+def redact_personal_data(_: object, __: str, event: dict) -> dict:
+    """structlog processor: personal data and secrets are masked (filters/pii) in every logged string.
+    The access line is built from identifiers and numbers only; its one free-form field is the path
+    of an unmatched route, so only that is scanned there (it is the hot path)."""
+    if event.get("event") == "request" and "exception" not in event:
+        if event.get("route") == "unmatched" and isinstance(event.get("path"), str):
+            event["path"] = redact_pii(event["path"])
+        return event
+    for key, value in event.items():
+        if isinstance(value, str) and key not in _NOT_TEXT:
+            event[key] = redact_pii(value)
+    return event
+
+
 def configure_logging(level: str) -> None:
     numeric_level = logging.getLevelName(level.upper())
     shared = [
+        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -36,6 +61,7 @@ def configure_logging(level: str) -> None:
         processors=[
             *shared,
             structlog.processors.format_exc_info,
+            redact_personal_data,
             # orjson straight to bytes: the access line is on the hot path (measured 11.6 -> 7.7 us).
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
@@ -50,6 +76,7 @@ def configure_logging(level: str) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact_personal_data,
                 structlog.processors.JSONRenderer(serializer=_orjson_text),
             ],
         )
@@ -107,6 +134,27 @@ class Metrics:
             "a golden test failed; the running policy stays).", ["result"], registry=self.registry,
         )
 
+        self.decisions = Counter(
+            "wardgate_decisions_total", "Inspection verdicts, by direction, action, category and rule.",
+            ["direction", "action", "category", "rule_id"], registry=self.registry,
+        )
+        self.stage_duration = Histogram(
+            "wardgate_stage_duration_seconds", "Time a request spent in each inspection stage.",
+            ["direction", "stage"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.audit_records = Counter(
+            "wardgate_audit_records_total", "Audit records: committed to the store, spilled to the local "
+            "file (replayed later), or failed (the request was refused with WG5002).", ["result"],
+            registry=self.registry,
+        )
+        self.audit_commit_duration = Histogram(
+            "wardgate_audit_commit_duration_seconds", "Time to commit one group of audit records.",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.audit_queue_depth = Gauge(
+            "wardgate_audit_queue_depth", "Audit records waiting for their commit.", registry=self.registry,
+        )
+
         # labels() validates and locks on every call; the label sets are few, so keep the children.
         self._by_route_status: dict[tuple[str, int], tuple[Counter, Histogram, Histogram]] = {}
 
@@ -127,6 +175,24 @@ class Metrics:
             upstream_duration.observe(upstream_s)
         if error_code:
             self.errors.labels(error_code).inc()
+
+    def record_inspection(self, verdicts: dict, stage_ms: dict) -> None:
+        for direction, verdict in verdicts.items():
+            self.decisions.labels(direction, verdict.action, verdict.category or "", verdict.rule_id or "").inc()
+        for direction, stages in stage_ms.items():
+            for stage, milliseconds in stages.items():
+                self.stage_duration.labels(direction, stage).observe(milliseconds / 1000)
+
+    # AuditObserver: what the audit writer reports.
+    def committed(self, records: int, seconds: float) -> None:
+        self.audit_records.labels("committed").inc(records)
+        self.audit_commit_duration.observe(seconds)
+
+    def spilled(self, records: int) -> None:
+        self.audit_records.labels("spilled").inc(records)
+
+    def failed(self, records: int) -> None:
+        self.audit_records.labels("failed").inc(records)
 
     def set_active_policy(self, version: str, digest: str) -> None:
         self.policy_info.clear()
@@ -157,9 +223,11 @@ class RequestTelemetry:
     request id and is counted.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, route_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, route_paths: frozenset[str],
+                 audit: AuditWriter | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.audit = audit
         # Requests refused before routing (401, 429) still count under their route; any other path
         # is "unmatched", so that scanners cannot blow up the metric's cardinality.
         self.route_paths = route_paths
@@ -183,20 +251,40 @@ class RequestTelemetry:
                 message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
+        span = RequestSpan(scope["headers"], scope["method"], self._route_label(scope["path"])) \
+            if tracing_enabled() else None
+        if span is not None:
+            state["trace_id"] = span.trace_id
+        # Whatever else is logged while this request runs names it (and its trace) too.
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        if span is not None:
+            structlog.contextvars.bind_contextvars(trace_id=span.trace_id)
+        audited = None
+        if self.audit is not None and scope["path"] not in UNAUDITED_PATHS:
+            audited = AuditedSend(self.audit, scope, send_with_request_id, started, scope["path"] in self.route_paths)
         failure: BaseException | None = None
         try:
-            await self.app(scope, receive, send_with_request_id)
+            await self.app(scope, receive, audited or send_with_request_id)
         except BaseException as exc:
             failure = exc
             raise
         finally:
-            self._record(scope, state, status, time.perf_counter() - started, failure)
+            if audited is not None:
+                await audited.finish(status or (499 if state.get("client_disconnected") else 500))
+            status = self._record(scope, state, status, time.perf_counter() - started, failure)
+            structlog.contextvars.clear_contextvars()
+            if span is not None:
+                span.end(status, {"wardgate.request_id": request_id, "wardgate.tenant": state.get("tenant"),
+                                  "wardgate.error_code": state.get("error_code")})
+
+    def _route_label(self, path: str) -> str:
+        return path if path in self.route_paths else "unmatched"
 
     def _record(
         self, scope: Scope, state: dict, status: int, elapsed: float, failure: BaseException | None
-    ) -> None:
-        path = scope["path"]
-        route_label = path if path in self.route_paths else "unmatched"
+    ) -> int:
+        """Metrics and the access line; returns the status as recorded."""
+        route_label = self._route_label(scope["path"])
         if status == 0:
             # No response started: the app crashed before answering (ServerErrorMiddleware then
             # answers 500), or the client went away first (499, nginx's convention).
@@ -204,6 +292,8 @@ class RequestTelemetry:
         error_code = state.get("error_code")
         upstream_s = state.get("upstream_s")
         self.metrics.record_request(route_label, status, elapsed, upstream_s, error_code)
+        if "verdicts" in state:
+            self.metrics.record_inspection(state["verdicts"], state.get("stage_ms", {}))
         fields = {
             "request_id": state["request_id"],
             "tenant": state.get("tenant"),
@@ -218,10 +308,12 @@ class RequestTelemetry:
             fields["error_code"] = error_code
         if state.get("client_disconnected"):
             fields["client_disconnected"] = True
-        for key in ("policy_version", "policy_digest", "input_verdict", "output_verdict", "inspect_input_ms"):
+        for key in ("trace_id", "policy_version", "policy_digest", "input_verdict", "output_verdict",
+                    "inspect_input_ms"):
             if key in state:
                 fields[key] = state[key]
         if failure is not None and not isinstance(failure, asyncio.CancelledError):
             self.log.error("request", **fields, exc_info=failure)
         else:
             self.log.info("request", **fields)
+        return status

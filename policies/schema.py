@@ -153,6 +153,18 @@ class Streaming(BaseModel):
     holdback_chars: Annotated[int, Field(ge=0, le=65536)] = 64
 
 
+class AuditSettings(BaseModel):
+    """What the audit log keeps of this policy's requests."""
+
+    model_config = _STRICT
+    # none: a salted digest only; redacted: personal data and secrets masked; full: the text as sent.
+    retention: Literal["none", "redacted", "full"] = "redacted"
+    # Stored texts older than this are purged (records and digests stay, so the chain still verifies).
+    retention_days: Annotated[float, Field(gt=0)] | None = 90
+    # The store is down or cannot keep up: spill to a local file (replayed later), or answer 503.
+    on_store_failure: Literal["spill", "fail_closed"] = "spill"
+
+
 class Policy(BaseModel):
     model_config = _STRICT
     version: Annotated[str, Field(min_length=1)]
@@ -162,6 +174,7 @@ class Policy(BaseModel):
     input: DirectionStages = Field(default_factory=DirectionStages)
     output: DirectionStages = Field(default_factory=DirectionStages)
     overrides: Overrides = Field(default_factory=Overrides)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     tests: list[GoldenTest] = Field(default_factory=list)
     # (resolved path, bytes as read) of the policy file, then of each lexicon file; set by load_policy.
     _sources: tuple[tuple[Path, bytes], ...] = PrivateAttr(default=())

@@ -206,8 +206,10 @@ def test_the_classifier_stage_in_a_live_gateway(start_gateway, upstream, tiny_ar
     assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
     [line] = [entry for entry in gateway.wait_for_log(lambda entry: entry.get("route") == "/v1/chat/completions")
               if entry.get("route") == "/v1/chat/completions"]
-    assert line["input_verdict"] == {"action": "flag", "rule_id": "classifier.hate", "category": "hate",
-                                     "stage": "classifier"}
+    verdict = line["input_verdict"]
+    assert {key: verdict[key] for key in ("action", "rule_id", "category", "stage")} == {
+        "action": "flag", "rule_id": "classifier.hate", "category": "hate", "stage": "classifier"}
+    assert 0.0 <= verdict["score"] <= 1.0
 
 
 def test_a_missing_model_directory_is_refused_with_its_line(tmp_path):

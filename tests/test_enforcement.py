@@ -53,7 +53,7 @@ def test_blocked_input_is_never_forwarded(policy_gateway, upstream):
     line = [entry for entry in policy_gateway.wait_for_log(lambda entry: entry.get("error_code") == "WG1001")
             if entry.get("error_code") == "WG1001"][-1]
     assert line["input_verdict"] == {"action": "block", "rule_id": "in.bomb", "category": "illegal",
-                                     "stage": "blacklist"}
+                                     "stage": "blacklist", "score": 1.0}
 
 
 def test_redacted_input_is_forwarded_masked(policy_gateway):

@@ -1,0 +1,240 @@
+"""The gateway's side of the audit log: what a request leaves behind, and holding its response until
+that record is committed.
+
+Every request except the orchestrator's probes leaves exactly one record. The request path notes
+what it learns in the ASGI scope's state (`note_*`); `AuditedSend` builds the record when the
+response is about to complete, waits for its commit, and only then lets the last message out. If the
+record cannot be committed and the policy says fail closed, a response whose status line has not
+gone out yet becomes a 503 (WG5002); a stream that already started ends with that error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import orjson
+import structlog
+from starlette.types import Message, Scope, Send
+
+from gateway.config import Settings
+from gateway.errors import AUDIT_UNAVAILABLE, GatewayError
+from gateway.openai_schema import completion_texts
+from gateway.pipeline import SEVERITY, Verdict
+from policies.schema import AuditSettings
+from privacy.audit.record import AuditRecord, new_record, retain_text
+from privacy.audit.signing import HmacSigner, Signer, hmac_key_from_file, load_ed25519
+from privacy.audit.store import AuditStore, CheckpointPolicy, open_store
+from privacy.audit.writer import AuditUnavailable, AuditWriter, WriterSettings
+from privacy.redact import retained
+
+log = structlog.get_logger("wardgate.audit")
+
+# The orchestrator's probes are not requests anybody needs to account for.
+UNAUDITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Longer prompts and completions are stored cut to this many characters (the digest covers what is stored).
+MAX_STORED_CHARS = 65536
+DEFAULT_AUDIT = AuditSettings()
+
+
+def audit_store(settings: Settings) -> AuditStore:
+    return open_store(settings.audit_dsn or str(settings.audit_path))
+
+
+def audit_signer(settings: Settings, create: bool = True) -> Signer:
+    """Ed25519 with `audit_signing_key`, else HMAC with `audit_hmac_key`, else HMAC with a key kept
+    in the state directory (created on first use, so that checkpoints are always signed)."""
+    if settings.audit_signing_key is not None:
+        return load_ed25519(settings.audit_signing_key)
+    if settings.audit_hmac_key:
+        return HmacSigner(settings.audit_hmac_key.encode())
+    return HmacSigner(hmac_key_from_file(settings.audit_hmac_key_path, create=create))
+
+
+def build_writer(settings: Settings, observer: Any = None) -> AuditWriter:
+    writer_settings = WriterSettings(
+        queue_size=settings.audit_queue_size,
+        batch_max=settings.audit_batch_max,
+        checkpoints=CheckpointPolicy(settings.audit_checkpoint_every, settings.audit_checkpoint_interval_s),
+    )
+    return AuditWriter(audit_store(settings), audit_signer(settings), settings.state_dir / "audit-spill",
+                       writer_settings, observer)
+
+
+# -- what the request path notes down ---------------------------------------------------------------
+
+def note_request(state: dict, parsed: Any) -> None:
+    state["model"] = getattr(parsed, "model", None)
+    state["prompt_text"] = "\n\n".join(parsed.texts())
+    user = (parsed.model_extra or {}).get("user")
+    if isinstance(user, str) and user:
+        state["subject"] = user
+
+
+def note_completion(state: dict, document: dict) -> None:
+    state["completion_text"] = "\n\n".join(text for text in completion_texts(document) if text)
+    note_usage(state, document)
+
+
+def note_usage(state: dict, document: dict) -> None:
+    usage = document.get("usage")
+    if isinstance(usage, dict):
+        state["tokens"] = {name: usage[key] for name, key in (("prompt", "prompt_tokens"),
+                                                             ("completion", "completion_tokens"))
+                           if isinstance(usage.get(key), int)}
+
+
+def note_stream(state: dict, text: str, events: list[bytes]) -> None:
+    """A streamed completion's text as it passes, and its usage if the upstream reports it."""
+    if text:
+        parts = state.setdefault("completion_parts", [])
+        if sum(map(len, parts)) < MAX_STORED_CHARS:
+            parts.append(text)
+    for event in events:
+        if b'"usage"' in event:
+            for line in event.splitlines():
+                if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+                    try:
+                        document = orjson.loads(line[5:])
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(document, dict):
+                        note_usage(state, document)
+
+
+# -- the record -------------------------------------------------------------------------------------
+
+def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
+    fields = {"action": verdict.action, "stage": verdict.stage, "rule_id": verdict.rule_id,
+              "category": verdict.category, "score": verdict.score}
+    if verdict.scores:
+        fields["scores"] = verdict.scores
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def _decision(verdicts: dict[str, Verdict], status: int, error_code: str | None) -> tuple[str, Verdict | None]:
+    """The request's overall decision and the verdict that made it."""
+    deciding = max(verdicts.values(), key=lambda verdict: SEVERITY[verdict.action], default=None)
+    if deciding is not None and deciding.action != "allow":
+        return deciding.action, deciding
+    if error_code or status >= 400:
+        return "error", None
+    return "allow", deciding
+
+
+def request_record(scope: Scope, status: int, elapsed_s: float, known_route: bool) -> AuditRecord:
+    state = scope["state"]
+    verdicts: dict[str, Verdict] = state.get("verdicts", {})
+    error_code = state.get("error_code")
+    decision, deciding = _decision(verdicts, status, error_code)
+    admin = scope["path"].startswith("/admin/")
+    upstream_s = state.get("upstream_s")
+    record = new_record(
+        "event" if admin else "request",
+        record_id=state["request_id"],
+        event="admin_access" if admin else None,
+        tenant=state.get("tenant"),
+        key_id=state.get("key_id"),
+        route=scope["path"] if known_route else "unmatched",
+        method=scope["method"],
+        status=status,
+        model=state.get("model"),
+        policy_version=state.get("policy_version"),
+        policy_digest=state.get("policy_digest"),
+        decision=decision,
+        category=deciding.category if deciding is not None else None,
+        rule_id=deciding.rule_id if deciding is not None else None,
+        score=deciding.score if deciding is not None else None,
+        verdicts={direction: _verdict_fields(verdict) for direction, verdict in verdicts.items()} or None,
+        stage_ms=state.get("stage_ms"),
+        upstream={"status": state.get("upstream_status"), "ms": round(upstream_s * 1000, 3)}
+        if upstream_s is not None else None,
+        tokens=state.get("tokens"),
+        error_code=error_code,
+        latency_ms=round(elapsed_s * 1000, 3),
+        client_disconnected=state.get("client_disconnected"),
+    )
+    audit: AuditSettings = state.get("audit_settings", DEFAULT_AUDIT)
+    record.on_store_failure = audit.on_store_failure
+    completion = state.get("completion_text")
+    if completion is None and "completion_parts" in state:
+        completion = "".join(state["completion_parts"])
+    truncated = []
+    for role, text in (("prompt", state.get("prompt_text")), ("completion", completion)):
+        if not text:
+            continue
+        if len(text) > MAX_STORED_CHARS:
+            truncated.append(role)
+        kept = retained(text[:MAX_STORED_CHARS], audit.retention)
+        record.texts.append(retain_text(role, text, kept, state.get("subject"), audit.retention_days))
+    record.body["retention"] = audit.retention
+    if truncated:
+        record.body["truncated"] = truncated
+    return record
+
+
+class AuditedSend:
+    """Wraps a request's `send`: the status line is held back, and the last message goes out only
+    once the request's record is committed."""
+
+    def __init__(self, writer: AuditWriter, scope: Scope, send: Send, started: float, known_route: bool) -> None:
+        self.writer = writer
+        self.scope = scope
+        self.send = send
+        self.started = started
+        self.known_route = known_route
+        self.held_start: Message | None = None
+        self.status = 0
+        self.recorded = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.held_start = message
+            return
+        final = message["type"] == "http.response.body" and not message.get("more_body", False)
+        if final and not await self._commit(self.status):
+            await self._send_refusal(message)
+            return
+        if self.held_start is not None:
+            start, self.held_start = self.held_start, None
+            await self.send(start)
+        await self.send(message)
+
+    async def _commit(self, status: int) -> bool:
+        self.recorded = True
+        record = request_record(self.scope, status, time.perf_counter() - self.started, self.known_route)
+        try:
+            await self.writer.commit(record)
+        except AuditUnavailable as exc:
+            log.error("audit_record_refused", request_id=self.scope["state"]["request_id"], error=str(exc))
+            return False
+        return True
+
+    async def _send_refusal(self, final: Message) -> None:
+        """The record could not be kept and the policy says fail closed: WG5002 instead of the response."""
+        state = self.scope["state"]
+        error = GatewayError(AUDIT_UNAVAILABLE)
+        state["error_code"] = error.kind.code
+        body = error.body(state["request_id"])
+        if self.held_start is None:  # a stream whose status line went out already: end it with the error
+            await self.send({"type": "http.response.body", "more_body": False,
+                             "body": final.get("body", b"") + b"data: " + body + b"\n\n"})
+            return
+        self.held_start = None
+        self.status = error.kind.status
+        await self.send({"type": "http.response.start", "status": error.kind.status,
+                         "headers": [(b"content-type", b"application/json"),
+                                     (b"content-length", str(len(body)).encode())]})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def finish(self, status: int) -> None:
+        """After the app returned or raised: a request that never completed a response (it crashed,
+        or the client left) is recorded now. The record is committed even if this task is cancelled."""
+        if self.recorded:
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._commit(status))
+

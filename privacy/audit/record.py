@@ -1,0 +1,92 @@
+"""What an audit record holds, and how it is serialised and chained.
+
+A record is a JSON object. Its canonical form (sorted keys, no whitespace, UTF-8) is what the chain
+hashes: `hash = sha256(prev_hash || "\\n" || canonical)`. Prompt and completion texts are kept out
+of the chained object: it carries `sha256(salt || text)` instead, and the text with its salt lives
+in a row of its own. Erasing a subject's text removes that row (salt included, so the digest no longer
+reveals anything), and the chain still verifies; a text that was edited no longer matches its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+GENESIS_HASH = "0" * 64
+RecordKind = Literal["request", "event"]
+TextRole = Literal["prompt", "completion"]
+
+
+def canonical(body: dict[str, Any]) -> str:
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def chain_hash(prev_hash: str, canonical_body: str) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{canonical_body}".encode()).hexdigest()
+
+
+def text_digest(salt: str, text: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + text.encode()).hexdigest()
+
+
+@dataclass
+class RetainedText:
+    """A prompt or completion as the retention mode keeps it: `text` is None under mode `none`
+    (only the digest of the original is kept, and the salt to check it against a copy)."""
+
+    role: TextRole
+    text: str | None
+    digest: str
+    salt: str
+    subject: str | None
+    expires_at: float | None
+
+
+@dataclass
+class AuditRecord:
+    kind: RecordKind
+    body: dict[str, Any]
+    texts: list[RetainedText] = field(default_factory=list)
+    # What to do if the store cannot take it: "spill" to the local file, or "fail_closed".
+    on_store_failure: Literal["spill", "fail_closed"] = "spill"
+
+    @property
+    def id(self) -> str:
+        return self.body["id"]
+
+    def chained_body(self) -> dict[str, Any]:
+        """The body with the digests of its texts: what the chain covers."""
+        return {**self.body, "texts": {text.role: text.digest for text in self.texts}}
+
+    def to_json(self) -> bytes:
+        """For the spill file: everything needed to commit the record later, exactly as it is."""
+        return orjson.dumps({"kind": self.kind, "body": self.body, "on_store_failure": self.on_store_failure,
+                             "texts": [text.__dict__ for text in self.texts]})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> AuditRecord:
+        document = orjson.loads(data)
+        return cls(document["kind"], document["body"], [RetainedText(**text) for text in document["texts"]],
+                   document["on_store_failure"])
+
+
+def new_record(kind: RecordKind, record_id: str | None = None, at: float | None = None, **fields: Any) -> AuditRecord:
+    body = {"id": record_id or uuid.uuid4().hex, "kind": kind, "at": round(at if at is not None else time.time(), 6)}
+    body.update({name: value for name, value in fields.items() if value is not None})
+    return AuditRecord(kind, body)
+
+
+def retain_text(role: TextRole, original: str, kept: str | None, subject: str | None,
+                retention_days: float | None, now: float | None = None) -> RetainedText:
+    """`kept` is the text to store (redacted, full, or None for hash-only); the digest covers what
+    is stored, or the original when nothing is."""
+    salt = os.urandom(16).hex()
+    now = time.time() if now is None else now
+    return RetainedText(role, kept, text_digest(salt, original if kept is None else kept), salt, subject,
+                        None if retention_days is None else now + retention_days * 86400)

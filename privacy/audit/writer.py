@@ -1,0 +1,311 @@
+"""Group commit: records are queued, and one thread commits whatever has gathered in one transaction.
+
+A request awaits its record's commit before its response completes, so an acknowledged response
+always has a committed record; many requests share one fsync. The queue is bounded. When the store
+is down or cannot keep up, each record's policy decides:
+
+- `spill`: the record is appended to a local spill file and fsynced before it is acknowledged; the
+  file is replayed into the store, in order and before any newer record, once the store answers
+  again (also at the next start, by whichever process finds it unlocked). Replay skips records the
+  store already has, so a crash mid-replay duplicates nothing.
+- `fail_closed`: the commit raises `AuditUnavailable`; the gateway answers 503 instead of a response
+  it could not record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import structlog
+
+from privacy.audit.record import AuditRecord
+from privacy.audit.signing import Signer
+from privacy.audit.store import AuditStore, CheckpointPolicy, StoreError
+
+log = structlog.get_logger("wardgate.audit")
+
+_STOP = object()
+
+
+class AuditUnavailable(Exception):
+    """The record could not be committed or spilled, and its policy says fail closed."""
+
+
+class AuditObserver(Protocol):
+    """What the writer reports, for metrics."""
+
+    def committed(self, records: int, seconds: float) -> None: ...
+
+    def spilled(self, records: int) -> None: ...
+
+    def failed(self, records: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    queue_size: int = 10_000
+    batch_max: int = 512
+    # While the store is down, it is tried again at most this often (spill or fail in between).
+    retry_s: float = 1.0
+    purge_every_s: float = 3600.0
+    checkpoints: CheckpointPolicy = CheckpointPolicy()
+
+
+class SpillFile:
+    """This process's append-only spill file, locked while it is in use so that no other process
+    replays it under our feet."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / f"spill-{os.getpid()}-{time.time_ns()}.jsonl"
+        self._file: IO[bytes] | None = None
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    def append(self, records: list[AuditRecord]) -> None:
+        with self._lock:
+            if self._file is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("ab")
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._file.write(b"".join(record.to_json() + b"\n" for record in records))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self.pending += len(records)
+
+    def take(self) -> tuple[list[AuditRecord], Callable[[], None]]:
+        """Everything spilled so far, and a function that removes the file once it is committed."""
+        with self._lock:
+            if self._file is None:
+                return [], lambda: None
+            records = _read_spill(self.path)
+
+            def discard() -> None:
+                with self._lock:
+                    if self._file is not None:
+                        self._file.close()
+                        self._file = None
+                    self.path.unlink(missing_ok=True)
+                    self.pending = 0
+
+            return records, discard
+
+
+def _read_spill(path: Path) -> list[AuditRecord]:
+    records = []
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(AuditRecord.from_json(line))
+        except (ValueError, KeyError, TypeError):
+            # Only a crash in the middle of a write leaves a torn line, and that record was never
+            # acknowledged (acknowledgement follows the fsync).
+            log.warning("audit_spill_torn_line", file=str(path), line=number)
+    return records
+
+
+def leftover_spill_files(directory: Path) -> list[Path]:
+    """Spill files no running process holds (left by a crash or a shutdown with the store down)."""
+    if not directory.is_dir():
+        return []
+    free = []
+    for path in sorted(directory.glob("spill-*.jsonl")):
+        with path.open("rb") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            fcntl.flock(file, fcntl.LOCK_UN)
+        free.append(path)
+    return free
+
+
+class AuditWriter:
+    def __init__(self, store: AuditStore, signer: Signer, spill_dir: Path, settings: WriterSettings,
+                 observer: AuditObserver | None = None) -> None:
+        self.store = store
+        self.signer = signer
+        self.settings = settings
+        self.observer = observer
+        self.spill = SpillFile(spill_dir)
+        self.spill_dir = spill_dir
+        self._queue: queue.Queue = queue.Queue(settings.queue_size)
+        self._thread: threading.Thread | None = None
+        self._store_down_since: float | None = None
+        self._last_attempt = 0.0
+        self._last_purge = time.monotonic()
+        self.last_error: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def open(self) -> None:
+        """Migrate the schema and replay leftover spill files; raises StoreError if the store is down
+        (the gateway then refuses to start rather than run without its audit trail)."""
+        self.store.migrate()
+        for path in leftover_spill_files(self.spill_dir):
+            records = _read_spill(path)
+            for start in range(0, len(records), self.settings.batch_max):
+                self.store.append(records[start:start + self.settings.batch_max], self.signer,
+                                  self.settings.checkpoints)
+            path.unlink()
+            log.info("audit_spill_replayed", file=str(path), records=len(records))
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Commit what is queued, sign the head, stop. Blocking: call it from a thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._thread = None
+        with contextlib.suppress(StoreError):
+            self._replay_spill()
+            self.store.checkpoint_now(self.signer)
+        self.store.close()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def store_up(self) -> bool:
+        return self._store_down_since is None
+
+    # -- the event loop's side -----------------------------------------------------------------
+    async def commit(self, record: AuditRecord) -> None:
+        """Returns once the record is committed (or spilled, if its policy allows); raises
+        AuditUnavailable otherwise."""
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((record, future))
+        except queue.Full:
+            await self._overflow(record)
+            return
+        await future
+
+    async def _overflow(self, record: AuditRecord) -> None:
+        """The queue is full: the store cannot keep up."""
+        if record.on_store_failure == "fail_closed":
+            self._count("failed", 1)
+            raise AuditUnavailable("the audit queue is full")
+        await asyncio.to_thread(self.spill.append, [record])
+        self._count("spilled", 1)
+
+    # -- the writer thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            while len(batch) < self.settings.batch_max:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._commit(batch)
+                    return
+                batch.append(item)
+            self._commit(batch)
+            self._purge_if_due()
+
+    def _commit(self, batch: list[tuple[AuditRecord, asyncio.Future]]) -> None:
+        records = [record for record, _ in batch]
+        if self._store_down_since is not None and time.monotonic() - self._last_attempt < self.settings.retry_s:
+            self._store_failed(batch, self.last_error or "store down")
+            return
+        started = time.perf_counter()
+        try:
+            self._last_attempt = time.monotonic()
+            # Spilled records are older than these: they go first, so that chain order stays time order.
+            self._replay_spill()
+            self.store.append(records, self.signer, self.settings.checkpoints)
+        except StoreError as exc:
+            self._store_failed(batch, str(exc))
+            return
+        except Exception as exc:  # a bug must not kill the writer and leave every request hanging
+            log.exception("audit_commit_failed")
+            self._store_failed(batch, f"{type(exc).__name__}: {exc}")
+            return
+        if self._store_down_since is not None:
+            log.info("audit_store_recovered", down_s=round(time.monotonic() - self._store_down_since, 3))
+            self._store_down_since = None
+            self.last_error = None
+        self._count("committed", len(records), time.perf_counter() - started)
+        for _, future in batch:
+            _resolve(future, None)
+
+    def _replay_spill(self) -> None:
+        spilled, discard = self.spill.take()
+        for start in range(0, len(spilled), self.settings.batch_max):
+            self.store.append(spilled[start:start + self.settings.batch_max], self.signer, self.settings.checkpoints)
+        if spilled:
+            discard()
+            log.info("audit_spill_replayed", file=str(self.spill.path), records=len(spilled))
+
+    def _store_failed(self, batch: list[tuple[AuditRecord, asyncio.Future]], error: str) -> None:
+        if self._store_down_since is None:
+            self._store_down_since = time.monotonic()
+            log.error("audit_store_unavailable", error=error)
+        self.last_error = error
+        spillable = [(record, future) for record, future in batch if record.on_store_failure == "spill"]
+        closed = [future for record, future in batch if record.on_store_failure != "spill"]
+        if spillable:
+            try:
+                self.spill.append([record for record, _ in spillable])
+            except OSError as exc:
+                log.error("audit_spill_failed", error=str(exc), file=str(self.spill.path))
+                closed += [future for _, future in spillable]
+            else:
+                self._count("spilled", len(spillable))
+                for _, future in spillable:
+                    _resolve(future, None)
+        if closed:
+            self._count("failed", len(closed))
+            for future in closed:
+                _resolve(future, AuditUnavailable(error))
+
+    def _purge_if_due(self) -> None:
+        if time.monotonic() - self._last_purge < self.settings.purge_every_s or self._store_down_since is not None:
+            return
+        self._last_purge = time.monotonic()
+        try:
+            purged = self.store.purge_expired()
+        except StoreError as exc:
+            log.error("audit_purge_failed", error=str(exc))
+            return
+        if purged:
+            log.info("audit_texts_purged", texts=purged)
+
+    def _count(self, what: str, records: int, seconds: float = 0.0) -> None:
+        if self.observer is None:
+            return
+        if what == "committed":
+            self.observer.committed(records, seconds)
+        else:
+            getattr(self.observer, what)(records)
+
+
+def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
+    def settle() -> None:
+        if future.done():  # the awaiting request was cancelled (client gone): the record stands anyway
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+        future.get_loop().call_soon_threadsafe(settle)
