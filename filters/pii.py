@@ -233,12 +233,14 @@ class _Pattern:
     rank: int  # index into KINDS
     pattern: regex.Pattern[str]
     spans: _Spans
-    # The pattern can only match a text containing one of these.
+    # The pattern can only match a text containing one of these (in the text as it is, or lower-cased).
     needs: tuple[str, ...] = ()
+    needs_folded: tuple[str, ...] = ()
 
 
-def _pattern(kind: str, pattern: str, spans: _Spans, needs: tuple[str, ...] = ()) -> _Pattern:
-    return _Pattern(KINDS.index(kind), regex.compile(pattern), spans, needs)
+def _pattern(kind: str, pattern: str, spans: _Spans, needs: tuple[str, ...] = (),
+             needs_folded: tuple[str, ...] = ()) -> _Pattern:
+    return _Pattern(KINDS.index(kind), regex.compile(pattern), spans, needs, needs_folded)
 
 
 _DIGITS = tuple("0123456789")
@@ -254,19 +256,33 @@ _PATTERNS = (
     _pattern("bank_card", _DIGIT_GROUPS, _card_spans, _DIGITS),
     _pattern("ip", _IPV4, _whole(_ipv4_ok), (".",)),
     _pattern("ip", _IPV6, _whole(_ipv6_ok), (":",)),
-    _pattern("secret", _TOKENS, _whole()),
+    # Most texts have none of these prefixes or names: checking for them first spares the three
+    # scans that would otherwise run on every text (two thirds of the time on plain prose).
+    _pattern("secret", _TOKENS, _whole(), ("sk-", "wg-", "AKIA", "ASIA", "_", "xox", "AIza", "eyJ")),
     _pattern("secret", _PEM, _whole(), ("-----BEGIN",)),
-    _pattern("secret", _BEARER, _value),
-    _pattern("secret", _ASSIGNMENT, _value),
+    _pattern("secret", _BEARER, _value, needs_folded=("bearer",)),
+    _pattern("secret", _ASSIGNMENT, _value, needs_folded=("key", "secret", "token", "pass", "pwd", "credential",
+                                                          "密码", "口令", "密钥", "秘钥", "令牌")),
 )
 
 
 def find_pii(text: str) -> list[PiiMatch]:
     """Non-overlapping matches sorted by start (on overlap the longer wins; same length: the earlier kind in KINDS)."""
     candidates: list[tuple[int, int, int]] = []
+    folded = None
+    # Several patterns share their needles (the digits): look for each set once per text.
+    present: dict[tuple[str, ...], bool] = {}
     for entry in _PATTERNS:
-        if entry.needs and not any(needle in text for needle in entry.needs):
-            continue
+        if entry.needs:
+            found = present.get(entry.needs)
+            if found is None:
+                found = present[entry.needs] = any(needle in text for needle in entry.needs)
+            if not found:
+                continue
+        if entry.needs_folded:
+            folded = text.lower() if folded is None else folded
+            if not any(needle in folded for needle in entry.needs_folded):
+                continue
         for match in entry.pattern.finditer(text):
             candidates.extend((start, end, entry.rank) for start, end in entry.spans(match))
     # Greedy by length, then kind, then position; `chosen` stays sorted by start.

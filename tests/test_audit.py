@@ -161,7 +161,7 @@ def test_purge_removes_only_expired_texts(store):
 def test_replayed_records_are_not_chained_twice(store):
     batch = records(3)
     store.append(batch, SIGNER, EVERY_3)
-    assert store.append(batch + records(1), SIGNER, EVERY_3) == 4
+    assert store.append(batch + records(1), SIGNER, EVERY_3, replay=True) == 4
     assert verify(store, [SIGNER]).ok
 
 

@@ -32,7 +32,9 @@ def chain_hash(prev_hash: str, canonical_body: str) -> str:
 
 
 def text_digest(salt: str, text: str) -> str:
-    return hashlib.sha256(bytes.fromhex(salt) + text.encode()).hexdigest()
+    digest = hashlib.sha256(bytes.fromhex(salt))
+    digest.update(text.encode())
+    return digest.hexdigest()
 
 
 @dataclass

@@ -27,10 +27,11 @@ from privacy.audit.signing import Signer, checkpoint_message
 # Columns copied out of the chained body so that queries can use indexes; verify checks they agree.
 INDEXED_FIELDS = ("kind", "at", "tenant", "key_id", "route", "decision", "category", "rule_id", "error_code", "event")
 
+# Statements name dialect-specific parts in braces (see AuditStore.dialect).
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         """CREATE TABLE audit_records (
-            seq BIGINT PRIMARY KEY,
+            seq {sequence_key},
             id TEXT NOT NULL UNIQUE,
             kind TEXT NOT NULL,
             at DOUBLE PRECISION NOT NULL,
@@ -48,7 +49,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             salt TEXT NOT NULL,
             subject TEXT,
             expires_at DOUBLE PRECISION,
-            PRIMARY KEY (record_id, role))""",
+            PRIMARY KEY (record_id, role)){clustered}""",
         "CREATE INDEX audit_texts_subject ON audit_texts (subject)",
         "CREATE INDEX audit_texts_expires ON audit_texts (expires_at)",
         """CREATE TABLE audit_checkpoints (
@@ -130,6 +131,7 @@ class AuditStore:
 
     placeholder = "?"
     describe = ""
+    dialect: dict[str, str] = {}
 
     def __init__(self) -> None:
         self._connection: Any = None
@@ -211,26 +213,30 @@ class AuditStore:
             for version, statements in MIGRATIONS:
                 if version > current:
                     for statement in statements:
-                        self._execute(cursor, statement)
+                        self._execute(cursor, statement.format(**self.dialect))
                     self._execute(cursor, "INSERT INTO audit_schema (version, applied_at) VALUES (?, ?)",
                                   (version, time.time()))
         return SCHEMA_VERSION
 
     # -- writing -------------------------------------------------------------------------------
-    def append(self, records: list[AuditRecord], signer: Signer, checkpoints: CheckpointPolicy) -> int:
-        """Chain and commit `records` in one transaction; records whose id is already stored (a
-        replayed spill file) are skipped. Returns the chain's new head sequence number."""
+    def append(self, records: list[AuditRecord], signer: Signer, checkpoints: CheckpointPolicy,
+               replay: bool = False) -> int:
+        """Chain and commit `records` in one transaction. With `replay` (a spill file that may have
+        been replayed in part before a crash), records whose id is already stored are skipped.
+        Returns the chain's new head sequence number."""
         with self._transaction(locked=True) as cursor:
-            return self._append_locked(cursor, records, signer, checkpoints)
+            return self._append_locked(cursor, records, signer, checkpoints, replay)
 
     def _append_locked(self, cursor: Any, records: list[AuditRecord], signer: Signer,
-                       checkpoints: CheckpointPolicy) -> int:
+                       checkpoints: CheckpointPolicy, replay: bool = False) -> int:
         now = time.time()
         head = self._execute(cursor, "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
         seq, head_hash = head if head is not None else (0, GENESIS_HASH)
-        ids = [record.id for record in records]
-        stored = {row[0] for row in self._execute(
-            cursor, f"SELECT id FROM audit_records WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall()}
+        stored = set()
+        if replay:
+            ids = [record.id for record in records]
+            stored = {row[0] for row in self._execute(
+                cursor, f"SELECT id FROM audit_records WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall()}
         record_rows, text_rows = [], []
         for record in records:
             if record.id in stored:
@@ -389,6 +395,10 @@ def _conditions(where: AuditFilter) -> tuple[list[str], list[Any]]:
 
 
 class SQLiteStore(AuditStore):
+    # The sequence number as the rowid and the texts clustered by their key: one B-tree each instead
+    # of two, which is most of an insert's cost.
+    dialect = {"sequence_key": "INTEGER PRIMARY KEY", "clustered": " WITHOUT ROWID"}
+
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
@@ -416,6 +426,7 @@ class SQLiteStore(AuditStore):
 
 class PostgresStore(AuditStore):
     placeholder = "%s"
+    dialect = {"sequence_key": "BIGINT PRIMARY KEY", "clustered": ""}
 
     def __init__(self, dsn: str) -> None:
         super().__init__()

@@ -55,6 +55,8 @@ class AuditObserver(Protocol):
 class WriterSettings:
     queue_size: int = 10_000
     batch_max: int = 512
+    # Longest wait for more records once a batch has begun, when requests come concurrently.
+    group_window_s: float = 0.002
     # While the store is down, it is tried again at most this often (spill or fail in between).
     retry_s: float = 1.0
     purge_every_s: float = 3600.0
@@ -156,7 +158,7 @@ class AuditWriter:
             records = _read_spill(path)
             for start in range(0, len(records), self.settings.batch_max):
                 self.store.append(records[start:start + self.settings.batch_max], self.signer,
-                                  self.settings.checkpoints)
+                                  self.settings.checkpoints, replay=True)
             path.unlink()
             log.info("audit_spill_replayed", file=str(path), records=len(records))
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -204,20 +206,26 @@ class AuditWriter:
 
     # -- the writer thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        concurrent = False
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
             batch = [item]
+            # Under concurrency (the last batch had company) wait up to group_window_s for more records:
+            # a transaction's fixed cost is most of a small batch's. A lone writer never waits.
+            deadline = time.monotonic() + (self.settings.group_window_s if concurrent else 0.0)
             while len(batch) < self.settings.batch_max:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) \
+                        if concurrent else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
                     self._commit(batch)
                     return
                 batch.append(item)
+            concurrent = len(batch) > 1
             self._commit(batch)
             self._purge_if_due()
 
@@ -244,13 +252,13 @@ class AuditWriter:
             self._store_down_since = None
             self.last_error = None
         self._count("committed", len(records), time.perf_counter() - started)
-        for _, future in batch:
-            _resolve(future, None)
+        _resolve([future for _, future in batch], None)
 
     def _replay_spill(self) -> None:
         spilled, discard = self.spill.take()
         for start in range(0, len(spilled), self.settings.batch_max):
-            self.store.append(spilled[start:start + self.settings.batch_max], self.signer, self.settings.checkpoints)
+            self.store.append(spilled[start:start + self.settings.batch_max], self.signer, self.settings.checkpoints,
+                              replay=True)
         if spilled:
             discard()
             log.info("audit_spill_replayed", file=str(self.spill.path), records=len(spilled))
@@ -270,12 +278,10 @@ class AuditWriter:
                 closed += [future for _, future in spillable]
             else:
                 self._count("spilled", len(spillable))
-                for _, future in spillable:
-                    _resolve(future, None)
+                _resolve([future for _, future in spillable], None)
         if closed:
             self._count("failed", len(closed))
-            for future in closed:
-                _resolve(future, AuditUnavailable(error))
+            _resolve(closed, AuditUnavailable(error))
 
     def _purge_if_due(self) -> None:
         if time.monotonic() - self._last_purge < self.settings.purge_every_s or self._store_down_since is not None:
@@ -298,14 +304,21 @@ class AuditWriter:
             getattr(self.observer, what)(records)
 
 
-def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
-    def settle() -> None:
-        if future.done():  # the awaiting request was cancelled (client gone): the record stands anyway
-            return
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+def _resolve(futures: list[asyncio.Future], error: BaseException | None) -> None:
+    """Settle the futures from the writer thread: one wake-up per event loop, not one per record."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+    for future in futures:
+        by_loop.setdefault(future.get_loop(), []).append(future)
 
-    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
-        future.get_loop().call_soon_threadsafe(settle)
+    def settle(waiting: list[asyncio.Future]) -> None:
+        for future in waiting:
+            if future.done():  # the awaiting request was cancelled (client gone): the record stands anyway
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    for loop, waiting in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+            loop.call_soon_threadsafe(settle, waiting)
