@@ -371,8 +371,33 @@ def policy_rollback(version: str | None, config_file: Path | None, state_dir: Pa
         sys.exit(1)
     except HistoryError as exc:
         _exit_on_history_error(exc)
+    _record_admin_event(_settings_or_exit(config_file, {"state_dir": state_dir}), "policy_rolled_back",
+                        policy_version=target.version, policy_digest=target.digest,
+                        policy_path=str(target.policy_path))
     click.echo(f"restored {target.policy_path} to version {target.version} ({target.digest[:12]}); "
                "a running gateway activates it within a second (see GET /admin/policy)")
+
+
+def _record_admin_event(settings: Settings, event: str, **fields: object) -> None:
+    """Chain an admin event into the gateway's audit log. The change it records has happened either
+    way: a log that cannot take it is reported on stderr, not fatal."""
+    if not settings.audit_enabled:
+        return
+    from gateway.audit_trail import audit_signer, audit_store
+    from privacy.audit.record import new_record
+    from privacy.audit.signing import SigningError
+    from privacy.audit.store import CheckpointPolicy, StoreError
+
+    try:
+        store = audit_store(settings)
+        try:
+            store.migrate()
+            store.append([new_record("event", event=event, **fields)], audit_signer(settings),
+                         CheckpointPolicy(settings.audit_checkpoint_every, settings.audit_checkpoint_interval_s))
+        finally:
+            store.close()
+    except (StoreError, SigningError) as exc:
+        click.echo(f"wardgate: warning: the {event} event could not be written to the audit log: {exc}", err=True)
 
 
 def _restore_files(stored: dict[str, str], policy_file: Path) -> None:
