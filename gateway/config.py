@@ -135,6 +135,16 @@ class Settings(BaseSettings):
         # double it; accept the common spelling rather than fail on it.
         return re.sub(r"/v1/?$", "", value.rstrip("/"))
 
+    @field_validator("audit_dsn")
+    @classmethod
+    def _is_audit_store(cls, value: str | None) -> str | None:
+        if value is None or value == "none" or "://" not in value:
+            return value
+        if value.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            return value
+        raise ValueError("must be a SQLite file path (or sqlite:///path), postgresql://user@host:port/database, "
+                         "or none")
+
     def as_environment(self) -> dict[str, str]:
         """These settings as WARDGATE_* variables, the form worker processes read them in."""
         values = self.model_dump(mode="json", exclude_none=True)

@@ -518,3 +518,27 @@ def test_a_gateway_killed_under_load_keeps_every_acknowledged_record(start_gatew
     missing = set(acknowledged) - stored
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged requests have no record"
     assert verify(store, []).ok
+
+
+def test_an_audit_store_of_an_unknown_kind_is_refused_before_start(tmp_path):
+    import subprocess
+
+    from tests.conftest import WARDGATE
+
+    result = subprocess.run([WARDGATE, "serve", "--audit-dsn", "mysql://root@127.0.0.1/audit"], capture_output=True,
+                            text=True, timeout=60, env={"WARDGATE_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "audit_dsn: Value error, must be a SQLite file path" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
+def test_a_bad_audit_section_names_its_line(tmp_path):
+    from policies.schema import PolicyError, load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text('version: "x"\naudit:\n  retention: partial\n  retention_days: 0\n')
+    with pytest.raises(PolicyError) as raised:
+        load_policy(path)
+    lines = str(raised.value).splitlines()
+    assert lines[0].startswith(f"{path}:3: audit.retention: Input should be 'none', 'redacted' or 'full'")
+    assert lines[1].startswith(f"{path}:4: audit.retention_days: Input should be greater than 0")
