@@ -4,6 +4,7 @@ replay, and the gateway leaving one committed record per request before its resp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 import time
@@ -425,7 +426,7 @@ def test_a_store_outage_fails_closed_or_spills_per_policy(start_gateway, upstrea
         assert chat(spilling, "after recovery").status_code == 200  # the next commit replays the spill first
         deadline -= 1
     assert store.query(AuditFilter(request_id=spilled.headers["x-request-id"]), limit=1)
-    assert chat(fail_closed, "hello again").status_code == 200
+    answered_once_the_store_is_back(fail_closed)
     proxy.close()
     assert verify(store, []).ok
 
@@ -542,3 +543,88 @@ def test_a_bad_audit_section_names_its_line(tmp_path):
     lines = str(raised.value).splitlines()
     assert lines[0].startswith(f"{path}:3: audit.retention: Input should be 'none', 'redacted' or 'full'")
     assert lines[1].startswith(f"{path}:4: audit.retention_days: Input should be greater than 0")
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own (initdb in a scratch directory), so that it can be
+    stopped and started mid-run without touching the shared server."""
+
+    BIN = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]) if Path("/usr/lib/postgresql").is_dir() \
+        else Path("/usr/bin")
+
+    def __init__(self) -> None:
+        import shutil
+        import subprocess
+        import tempfile
+
+        from tests.conftest import free_port
+
+        self.directory = Path(tempfile.mkdtemp(prefix="wardgate-pg-"))
+        shutil.chown(self.directory, "postgres")
+        self.port = free_port()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._run = lambda *args: subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True,
+                                                 capture_output=True, timeout=60)
+        self._run(str(self.BIN / "initdb"), "-D", str(self.directory / "data"), "-A", "trust", "-U", "postgres",
+                  "--no-sync")
+        self.start()
+
+    def start(self) -> None:
+        self._run(str(self.BIN / "pg_ctl"), "-D", str(self.directory / "data"), "-w", "-l",
+                  str(self.directory / "log"), "-o", f"-p {self.port} -k {self.directory} "
+                  "-c listen_addresses=127.0.0.1", "start")
+
+    def stop(self) -> None:
+        """`immediate`: the way a crashed or killed database server goes away."""
+        self._run(str(self.BIN / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        import shutil
+
+        with contextlib.suppress(Exception):
+            self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    cluster = OwnPostgres()
+    yield cluster
+    cluster.remove()
+
+
+def test_postgresql_stopped_mid_run_then_restarted(start_gateway, upstream, own_postgres, tmp_path):
+    """The database server itself goes down under live traffic: the spilling gateway keeps answering,
+    the fail-closed one refuses with WG5002, and after the restart every acknowledged request has its
+    record and the chain verifies."""
+    closed_dir, spill_dir = tmp_path / "closed", tmp_path / "spill"
+    closed_dir.mkdir(), spill_dir.mkdir()
+    spilling = start_gateway("--upstream", upstream.url, "--policy", str(write_policy(spill_dir)),
+                             "--audit-dsn", own_postgres.dsn)
+    fail_closed = start_gateway("--upstream", upstream.url, "--policy", str(write_policy(closed_dir, "redacted",
+                                "fail_closed")), "--audit-dsn", own_postgres.dsn)
+    acknowledged = [chat(gateway, "before").headers["x-request-id"] for gateway in (spilling, fail_closed)]
+    own_postgres.stop()
+    during = [chat(spilling, f"while the database is down {index}") for index in range(5)]
+    assert [response.status_code for response in during] == [200] * 5
+    acknowledged += [response.headers["x-request-id"] for response in during]
+    assert_coded_error(chat(fail_closed, "while the database is down"), "WG5002")
+    own_postgres.start()
+    acknowledged.append(chat(spilling, "after").headers["x-request-id"])
+    store = open_store(own_postgres.dsn)
+    deadline = time.monotonic() + 15  # the writer tries the store again every second, requests or not
+    while not set(acknowledged) <= {row.body["id"] for row in store.scan()} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(acknowledged) <= {row.body["id"] for row in store.scan()}
+    answered_once_the_store_is_back(fail_closed)
+    assert verify(store, []).ok
+    store.close()
+
+
+def answered_once_the_store_is_back(gateway, timeout_s: float = 15) -> None:
+    """A fail-closed gateway refuses (WG5002, nothing else) until its writer has seen the store again."""
+    deadline = time.monotonic() + timeout_s
+    while (response := chat(gateway, "is the store back?")).status_code != 200 and time.monotonic() < deadline:
+        assert_coded_error(response, "WG5002")
+        time.sleep(0.2)
+    assert response.status_code == 200

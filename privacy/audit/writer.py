@@ -208,7 +208,13 @@ class AuditWriter:
     def _run(self) -> None:
         concurrent = False
         while True:
-            item = self._queue.get()
+            try:
+                # While the store is down, wake up every retry_s to try it again: spilled records must
+                # not wait for the next request to reach the store.
+                item = self._queue.get(timeout=self.settings.retry_s if self._store_down_since is not None else None)
+            except queue.Empty:
+                self._recover()
+                continue
             if item is _STOP:
                 return
             batch = [item]
@@ -247,12 +253,25 @@ class AuditWriter:
             log.exception("audit_commit_failed")
             self._store_failed(batch, f"{type(exc).__name__}: {exc}")
             return
+        self._mark_up()
+        self._count("committed", len(records), time.perf_counter() - started)
+        _resolve([future for _, future in batch], None)
+
+    def _recover(self) -> None:
+        self._last_attempt = time.monotonic()
+        try:
+            self._replay_spill()
+            self.store.head()  # answers only if the store is back
+        except StoreError as exc:
+            self.last_error = str(exc)
+            return
+        self._mark_up()
+
+    def _mark_up(self) -> None:
         if self._store_down_since is not None:
             log.info("audit_store_recovered", down_s=round(time.monotonic() - self._store_down_since, 3))
             self._store_down_since = None
             self.last_error = None
-        self._count("committed", len(records), time.perf_counter() - started)
-        _resolve([future for _, future in batch], None)
 
     def _replay_spill(self) -> None:
         spilled, discard = self.spill.take()
