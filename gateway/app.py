@@ -16,12 +16,16 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from filters.moderation_hook import close_sessions as close_moderation_sessions
 from gateway.audit_trail import build_writer
 from gateway.auth import Authenticator
+from gateway.breakers import Breakers
 from gateway.config import Settings
 from gateway.errors import INTERNAL_ERROR, GatewayError, error_response, on_http_exception
 from gateway.limits import AdmissionControl
 from gateway.policy_reload import PolicyManager
+from gateway.ratelimit import build_rate_limiter
+from gateway.rollout import GuardRails
 from gateway.routes import OpenAIProxy, Probes, build_routes
 from gateway.telemetry import Metrics, RequestTelemetry
 from gateway.tracing import configure_tracing, shutdown_tracing
@@ -50,15 +54,19 @@ def create_app(settings: Settings) -> Starlette:
     """Raises PolicyError (file:line) when the configured policy cannot be used."""
     configure_tracing(settings.otel_exporter, settings.otel_endpoint)
     metrics = Metrics()
-    upstream = UpstreamClient(settings)
+    breakers = Breakers(settings, metrics)
+    upstream = UpstreamClient(settings, breakers, metrics)
     audit = build_writer(settings, metrics) if settings.audit_enabled else None
+    rate_limiter = build_rate_limiter(settings, metrics)
     if audit is not None:
         metrics.audit_queue_depth.set_function(lambda: audit.queue_depth)
     path = policy_path(settings.policy)
     policies = None
     if path is not None:
+        rails = GuardRails(settings.rollout_watch_s, settings.rollout_min_requests, settings.guard_max_error_rate,
+                           settings.guard_max_block_rate_increase, settings.guard_max_p99_inspect_ms)
         policies = PolicyManager(path, metrics, PolicyHistory(settings.policy_history_path), settings.policy_poll_s,
-                                 audit)
+                                 audit, settings.rollout_mode, settings.rollout_canary_share, rails, breakers)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -67,6 +75,7 @@ def create_app(settings: Settings) -> Starlette:
             # opened stops the start: the gateway never serves without its audit trail.
             await asyncio.to_thread(audit.open)
         await upstream.start()
+        await breakers.start()
         if policies is not None:
             await policies.start()
         # Everything allocated so far lives as long as the process: keep it out of every future
@@ -81,6 +90,10 @@ def create_app(settings: Settings) -> Starlette:
             if policies is not None:
                 await policies.stop()
             await upstream.close()
+            await close_moderation_sessions()
+            await breakers.stop()
+            if rate_limiter is not None:
+                await rate_limiter.close()
             if audit is not None:
                 await asyncio.to_thread(audit.close)
             shutdown_tracing()
@@ -92,8 +105,8 @@ def create_app(settings: Settings) -> Starlette:
         metrics=metrics,
     )
     routes = build_routes(
-        OpenAIProxy(upstream, settings, policies), Probes(upstream, metrics), Authenticator(settings.api_keys),
-        admission,
+        OpenAIProxy(upstream, settings, policies), Probes(upstream, metrics, breakers),
+        Authenticator(settings.api_keys), admission, rate_limiter,
     )
     return Starlette(
         routes=routes,

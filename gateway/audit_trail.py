@@ -58,6 +58,7 @@ def build_writer(settings: Settings, observer: Any = None) -> AuditWriter:
         queue_size=settings.audit_queue_size,
         batch_max=settings.audit_batch_max,
         checkpoints=CheckpointPolicy(settings.audit_checkpoint_every, settings.audit_checkpoint_interval_s),
+        commit_timeout_s=settings.audit_commit_timeout_s,
     )
     return AuditWriter(audit_store(settings), audit_signer(settings), settings.state_dir / "audit-spill",
                        writer_settings, observer)
@@ -111,6 +112,8 @@ def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
               "category": verdict.category, "score": verdict.score}
     if verdict.scores:
         fields["scores"] = verdict.scores
+    if verdict.bypass is not None:
+        fields["note"] = verdict.bypass.note
     return {name: value for name, value in fields.items() if value is not None}
 
 
@@ -124,13 +127,22 @@ def _decision(verdicts: dict[str, Verdict], status: int, error_code: str | None)
     return "allow", deciding
 
 
+def _upstream_fields(state: dict) -> dict[str, Any] | None:
+    """The upstream's status and latency, and every attempt when there was more than one plain one."""
+    if state.get("upstream_s") is None:
+        return None
+    fields = {"status": state.get("upstream_status"), "ms": round(state["upstream_s"] * 1000, 3)}
+    if state.get("upstream_attempts"):
+        fields["attempts"] = state["upstream_attempts"]
+    return fields
+
+
 def request_record(scope: Scope, status: int, elapsed_s: float, known_route: bool) -> AuditRecord:
     state = scope["state"]
     verdicts: dict[str, Verdict] = state.get("verdicts", {})
     error_code = state.get("error_code")
     decision, deciding = _decision(verdicts, status, error_code)
     admin = scope["path"].startswith("/admin/")
-    upstream_s = state.get("upstream_s")
     record = new_record(
         "event" if admin else "request",
         record_id=state["request_id"],
@@ -149,8 +161,7 @@ def request_record(scope: Scope, status: int, elapsed_s: float, known_route: boo
         score=deciding.score if deciding is not None else None,
         verdicts={direction: _verdict_fields(verdict) for direction, verdict in verdicts.items()} or None,
         stage_ms=state.get("stage_ms"),
-        upstream={"status": state.get("upstream_status"), "ms": round(upstream_s * 1000, 3)}
-        if upstream_s is not None else None,
+        upstream=_upstream_fields(state),
         tokens=state.get("tokens"),
         error_code=error_code,
         latency_ms=round(elapsed_s * 1000, 3),

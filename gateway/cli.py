@@ -44,6 +44,11 @@ def main() -> None:
 @click.option("--connect-timeout", "connect_timeout_s", type=float, help="Upstream connect timeout, s.")
 @click.option("--read-timeout", "read_timeout_s", type=float, help="Longest upstream silence, s.")
 @click.option("--total-timeout", "total_timeout_s", type=float, help="Longest upstream exchange, s.")
+@click.option("--fallback-upstream", "fallback_upstreams", multiple=True,
+              callback=lambda _ctx, _param, urls: list(urls) or None,  # none given: the config file decides
+              help="Model server to use when the upstream's breaker is open or it fails (repeatable, in order).")
+@click.option("--redis-url", help="Redis for state shared by replicas (rate limits, circuit breakers), "
+              "e.g. redis://127.0.0.1:6379/0.")
 @click.option("--audit-dsn", help="Audit store: a SQLite file, postgresql://..., or `none` "
               "(default: audit.sqlite3 in the state directory).")
 @click.option("--otel-exporter", type=click.Choice(["none", "console", "otlp"]), help="Where traces go (default none).")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies.yaml_source import YamlSourceError, line_of, read_yaml
@@ -42,6 +42,40 @@ class ApiKey(BaseModel):
         if not _SHA256_HEX.match(value):
             raise ValueError("must be 64 hex characters (the SHA-256 of the key, not the key itself)")
         return value
+
+
+class RateLimit(BaseModel):
+    """Limits per minute for one tenant or one key; an absent field is unlimited."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1, description="prompt + completion tokens, as the upstream "
+                                          "reports them in `usage`")
+
+
+class RateLimits(BaseModel):
+    """Which limits apply (gateway/ratelimit.py): a tenant's entry under `tenants` replaces `default`
+    as a whole; a key listed under `keys` (by id) is limited on top of its tenant's limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    default: RateLimit | None = Field(None, description="Each tenant not listed under `tenants`")
+    tenants: dict[str, RateLimit] = Field(default_factory=dict)
+    keys: dict[str, RateLimit] = Field(default_factory=dict, description="By API key id")
+
+    @property
+    def configured(self) -> bool:
+        entries = [self.default, *self.tenants.values(), *self.keys.values()]
+        return any(entry is not None and (entry.requests_per_minute or entry.tokens_per_minute) for entry in entries)
+
+
+def _http_base_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000")
+    # Routes are forwarded with their /v1 prefix, so a base URL that already ends in /v1 would
+    # double it; accept the common spelling rather than fail on it.
+    return re.sub(r"/v1/?$", "", value.rstrip("/"))
 
 
 def _default_state_dir() -> Path:
@@ -77,6 +111,16 @@ class Settings(BaseSettings):
         "default", description="Policy file; `default` = the shipped policies/default.yaml, `none` = no inspection"
     )
     policy_poll_s: float = Field(0.25, gt=0, description="How often the policy files are checked for changes")
+    # Rollout of a changed policy under guard rails (gateway/rollout.py).
+    rollout_mode: Literal["direct", "canary", "shadow"] = Field(
+        "direct", description="A new policy version serves all traffic at once, a canary share, or runs in shadow")
+    rollout_canary_share: float = Field(0.1, gt=0, le=1, description="Share of requests a canary version serves")
+    rollout_watch_s: float = Field(60.0, gt=0, description="How long a new version is watched by the guard rails")
+    rollout_min_requests: int = Field(20, ge=1, description="Requests a version must see before it is judged")
+    guard_max_error_rate: float = Field(0.05, ge=0, le=1, description="Rollback above this share of WG9xxx errors")
+    guard_max_block_rate_increase: float = Field(
+        0.25, ge=0, le=1, description="Rollback when the block rate rises more than this over the previous version")
+    guard_max_p99_inspect_ms: float = Field(250.0, gt=0, description="Rollback above this p99 inspection time")
     state_dir: Path = Field(
         default_factory=lambda: _default_state_dir(),
         description="Where local state lives (policy history); default $XDG_STATE_HOME/wardgate",
@@ -106,6 +150,28 @@ class Settings(BaseSettings):
     audit_queue_size: int = Field(10_000, ge=1, description="Records waiting for commit; beyond: the policy's "
                                   "on_store_failure")
     audit_batch_max: int = Field(512, ge=1, description="Most records committed in one transaction")
+    audit_commit_timeout_s: float = Field(5.0, gt=0, description="Longest wait for a record's commit; beyond: "
+                                          "the policy's on_store_failure")
+
+    # Rate limits per tenant and per API key (gateway/ratelimit.py).
+    rate_limits: RateLimits = Field(default_factory=RateLimits, description="Requests and tokens per minute: "
+                                    "`default`, `tenants`, `keys`")
+    redis_url: str | None = Field(
+        None, description="Redis for state shared across replicas: rate limits, circuit breakers"
+    )
+    redis_prefix: str = Field("wardgate:", min_length=1, description="Prefix of every key the gateway keeps in Redis")
+
+    # Circuit breakers and upstream resilience (gateway/breakers.py, gateway/upstream.py).
+    fallback_upstreams: list[str] = Field(
+        default_factory=list, description="Model servers to use, in order, when the upstream's breaker is open or "
+        "an attempt fails in a retryable way")
+    breaker_fail_max: int = Field(5, ge=1, description="Consecutive failures that open a circuit breaker")
+    breaker_reset_timeout_s: float = Field(30.0, gt=0, description="How long a breaker stays open before one "
+                                           "trial call")
+    upstream_max_retries: int = Field(2, ge=0, description="Most retries of one request (connect errors, 502/503)")
+    retry_budget_ratio: float = Field(0.1, ge=0, le=1, description="Retries may add at most this share of requests")
+    retry_deadline_s: float = Field(5.0, gt=0, description="No retry starts later than this after the first "
+                                    "attempt; a longer upstream Retry-After is passed to the client instead")
 
     @property
     def policy_history_path(self) -> Path:
@@ -124,16 +190,35 @@ class Settings(BaseSettings):
         """Where the gateway keeps the HMAC key it made itself when none is configured."""
         return self.state_dir / "audit-hmac.key"
 
+    @field_validator("fallback_upstreams")
+    @classmethod
+    def _are_http_base_urls(cls, values: list[str]) -> list[str]:
+        return [_http_base_url(value) for value in values]
+
     @field_validator("upstream")
     @classmethod
     def _is_http_base_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000")
-        # Routes are forwarded with their /v1 prefix, so a base URL that already ends in /v1 would
-        # double it; accept the common spelling rather than fail on it.
-        return re.sub(r"/v1/?$", "", value.rstrip("/"))
+        return None if value is None else _http_base_url(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _is_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0")
+        return value
+
+    @model_validator(mode="after")
+    def _rate_limits_name_known_keys(self) -> Settings:
+        # A typo in a key id or tenant name would silently leave that client unlimited.
+        tenants = {key.tenant for key in self.api_keys} or {"default"}
+        unknown_keys = sorted(set(self.rate_limits.keys) - {key.id for key in self.api_keys})
+        unknown_tenants = sorted(set(self.rate_limits.tenants) - tenants)
+        if unknown_keys:
+            raise ValueError(f"rate_limits.keys names API key ids that are not in api_keys: {', '.join(unknown_keys)}")
+        if unknown_tenants:
+            raise ValueError(f"rate_limits.tenants names tenants that no API key has: {', '.join(unknown_tenants)} "
+                             f"(known: {', '.join(sorted(tenants))})")
+        return self
 
     @field_validator("audit_dsn")
     @classmethod

@@ -21,7 +21,7 @@ from starlette.types import Scope
 from gateway.audit_trail import note_stream
 from gateway.errors import POLICY_BLOCKED_INPUT, POLICY_BLOCKED_OUTPUT, GatewayError
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, completion_texts
-from gateway.pipeline import ALLOW, SEVERITY, Context, Pipeline, Verdict, strongest
+from gateway.pipeline import ALLOW, SEVERITY, Context, Pipeline, Verdict, strongest, with_bypass
 from gateway.streaming import RawResponse
 from policies.schema import Direction, policy_digest
 
@@ -51,7 +51,9 @@ class Enforcer:
         kept = verdicts.get(direction)
         if kept is None or SEVERITY[verdict.action] > SEVERITY[kept.action] or (
                 verdict.action == kept.action and _unsafe_score(verdict) > _unsafe_score(kept)):
-            verdicts[direction] = verdict
+            verdicts[direction] = verdict if kept is None else with_bypass(verdict, kept)
+        else:  # a bypass seen in any of a stream's checks stays visible on the kept verdict
+            verdicts[direction] = with_bypass(kept, verdict)
         if verdict.action != "allow":
             state[f"{direction}_verdict"] = {"action": verdict.action, "rule_id": verdict.rule_id,
                                              "category": verdict.category, "stage": verdict.stage,

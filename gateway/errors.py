@@ -82,7 +82,16 @@ UPSTREAM_TIMEOUT = _register(ErrorKind(
     "whole exchange took longer than the total timeout.",
     "Retry later; if the model is just slow, raise `read_timeout_s` / `total_timeout_s`.",
 ))
-# WG2003 upstream_circuit_open is reserved for the circuit breaker (DESIGN.md).
+UPSTREAM_CIRCUIT_OPEN = _register(ErrorKind(
+    "WG2003", "upstream_circuit_open", 503, "upstream_error",
+    "The model server is failing; the gateway is not sending it requests for now. Retry after the time in "
+    "the Retry-After header.",
+    "The circuit breaker of the upstream (and of every fallback upstream) is open: `breaker_fail_max` "
+    "consecutive attempts failed (connection refused, timeout, HTTP 502/503/504). Nothing was sent upstream. "
+    "After `breaker_reset_timeout_s` one trial request goes through; its success closes the breaker.",
+    "Retry after the Retry-After delay. Operators: `GET /readyz` and `wardgate_breaker_state` show the open "
+    "breaker; fix the model server or configure `--fallback-upstream`.",
+))
 UPSTREAM_SERVER_ERROR = _register(ErrorKind(
     "WG2004", "upstream_server_error", 502, "upstream_error",
     "The model server failed with a server error.",
@@ -190,6 +199,23 @@ AUDIT_UNAVAILABLE = _register(ErrorKind(
     "`audit: {on_store_failure: fail_closed}`. Nothing the model said was returned.",
     "Retry later. Operators: check the store (the log line `audit_store_unavailable` names the error) "
     "and `wardgate_audit_queue_depth`; `on_store_failure: spill` keeps serving through a local spill file.",
+))
+RATE_LIMITED = _register(ErrorKind(
+    "WG5003", "rate_limited", 429, "rate_limit_error",
+    "Rate limit reached; retry after the time in the Retry-After header.",
+    "The API key or its tenant used up its `requests_per_minute` (setting `rate_limits`); the message "
+    "names which. The limit refills continuously, one request every 60/N seconds.",
+    "Retry after the Retry-After delay (`retry-after-ms` is more precise); `x-ratelimit-remaining-requests` on "
+    "every response shows what is left. Operators: raise the limit under `rate_limits`.",
+))
+TOKEN_RATE_LIMITED = _register(ErrorKind(
+    "WG5004", "token_rate_limited", 429, "rate_limit_error",
+    "Token rate limit reached; retry after the time in the Retry-After header.",
+    "The API key or its tenant used up its `tokens_per_minute` (setting `rate_limits`): the prompt and "
+    "completion tokens of its earlier requests, as the model server reported them, leave less than one "
+    "token. A request's tokens are charged after its response, so one request may overdraw the budget.",
+    "Retry after the Retry-After delay; `x-ratelimit-remaining-tokens` on every response shows what is "
+    "left. Operators: raise the limit under `rate_limits`.",
 ))
 
 MODEL_OVERLOADED = _register(ErrorKind(

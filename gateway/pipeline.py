@@ -7,13 +7,16 @@ request is the strongest of its stages' (block > redact > flag > allow), the fir
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from classifiers.labels import ClassifierError
 from filters.blacklist import Blacklist, Rule, RuleError
+from filters.moderation_hook import HookConfig, ModerationClient, ModerationConfigError, ModerationUnavailable
+from gateway.breakers import Breaker, BreakerOpen, Breakers
 from gateway.tracing import child_span
 from policies.schema import (
     Action,
@@ -21,6 +24,7 @@ from policies.schema import (
     ClassifierStage,
     Direction,
     GoldenTest,
+    ModerationStage,
     Policy,
     PolicyError,
     Stage,
@@ -40,6 +44,18 @@ class Context:
 
 
 @dataclass(frozen=True)
+class Bypass:
+    """A stage that gave no answer and was passed over; `outcome` is what its `on_failure` made of it."""
+
+    outcome: Action
+    reason: str
+
+    @property
+    def note(self) -> str:
+        return f"moderation bypassed: {self.reason} (on_failure: {self.outcome})"
+
+
+@dataclass(frozen=True)
 class Verdict:
     action: Action = "allow"
     category: str | None = None
@@ -48,9 +64,29 @@ class Verdict:
     stage: str | None = None
     replacement: str | None = None  # the redacted text, for `redact`
     scores: dict[str, float] | None = None  # every label's score, from a scoring stage
+    bypass: Bypass | None = None  # a stage was passed over; kept whichever verdict wins, for audit and metrics
 
 
 ALLOW = Verdict()
+
+
+def with_bypass(chosen: Verdict, other: Verdict) -> Verdict:
+    """`chosen`, carrying `other`'s bypass when it has none of its own: a bypass is never hidden by
+    the verdict of another stage, text or check."""
+    if other.bypass is None or chosen.bypass is not None:
+        return chosen
+    return replace(chosen, bypass=other.bypass)
+
+
+def _thresholded(scores: dict[str, float], block: dict[str, float], flag: dict[str, float], stage: str) -> Verdict:
+    """Block on the label furthest over its block threshold, else flag likewise, else allow (with the scores)."""
+    for action, thresholds in (("block", block), ("flag", flag)):
+        over = [(scores[label] - threshold, label) for label, threshold in thresholds.items()
+                if scores[label] >= threshold]
+        if over:
+            label = max(over)[1]
+            return Verdict(action, label, scores[label], f"{stage}.{label}", stage, scores=scores)
+    return Verdict(scores=scores, stage=stage)
 
 
 class Inspector(Protocol):
@@ -78,13 +114,48 @@ class ClassifierInspector:
             return ALLOW
         row = await self.batcher.score(text)
         scores = {name: round(float(value), 4) for name, value in zip(self.batcher.labels, row, strict=True)}
-        for action, thresholds in (("block", self.block), ("flag", self.flag)):
-            over = [(scores[label] - threshold, label) for label, threshold in thresholds.items()
-                    if scores[label] >= threshold]
-            if over:
-                label = max(over)[1]
-                return Verdict(action, label, scores[label], f"classifier.{label}", self.name, scores=scores)
-        return Verdict(scores=scores, stage=self.name)
+        return _thresholded(scores, self.block, self.flag, self.name)
+
+
+class ModerationInspector:
+    """The external moderation hook. When it gives no usable answer the stage's `on_failure` decides,
+    and the verdict carries the bypass (the audit record and a metric show it)."""
+
+    name = "moderation"
+    expensive = True  # a network call: a stream runs it once per hold-back window
+
+    def __init__(self, stage: ModerationStage, breaker: Breaker | None = None) -> None:
+        self.breaker = breaker
+        cache = stage.cache
+        self.client = ModerationClient(HookConfig(
+            url=stage.url, format=stage.format, model=stage.model,
+            **({"request": stage.request} if stage.request is not None else {}),
+            response=dict(stage.response), timeout_s=stage.timeout_s, max_concurrency=stage.max_concurrency,
+            cache_max_entries=cache.max_entries if cache is not None else 0,
+            cache_ttl_s=cache.ttl_s if cache is not None else 0.0, auth_env=stage.auth_env,
+        ))
+        self.block = stage.block
+        self.flag = stage.flag
+        self.on_failure = stage.on_failure
+
+    async def inspect(self, text: str, ctx: Context) -> Verdict:
+        if not text.strip():
+            return ALLOW
+        guard = self.breaker.guard(failure_types=(ModerationUnavailable,)) if self.breaker is not None \
+            else contextlib.nullcontext()
+        try:
+            async with guard:  # an open breaker answers at once instead of waiting for a sick service
+                scores = await self.client.moderate(text)
+        except (ModerationUnavailable, BreakerOpen) as exc:
+            reason = exc.reason if isinstance(exc, ModerationUnavailable) else \
+                f"circuit breaker open (retry in {exc.retry_after_s:.0f} s)"
+            bypass = Bypass(self.on_failure, reason)
+            if self.on_failure == "allow":
+                return Verdict(stage=self.name, bypass=bypass)
+            return Verdict(self.on_failure, "moderation_unavailable", None, "moderation.unavailable", self.name,
+                           bypass=bypass)
+        return _thresholded({label: round(score, 4) for label, score in scores.items()}, self.block, self.flag,
+                            self.name)
 
 
 class BlacklistInspector:
@@ -121,25 +192,31 @@ def _redacted(text: str, spans: list[tuple[int, int]], mask: str) -> str:
     return "".join(pieces) + text[cursor:]
 
 
-def _inspector(stage: Stage) -> Inspector:
+def _inspector(stage: Stage, breakers: Breakers | None) -> Inspector:
     if isinstance(stage, BlacklistStage):
         return BlacklistInspector(stage)
     if isinstance(stage, ClassifierStage):
         return ClassifierInspector(stage)
+    if isinstance(stage, ModerationStage):
+        # One breaker per service, shared by every stage and policy version that calls it.
+        return ModerationInspector(stage, breakers.get(f"moderation:{stage.url}") if breakers is not None else None)
     raise TypeError(f"no inspector for stage {stage!r}")
 
 
 class Pipeline:
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, breakers: Breakers | None = None) -> None:
         self.policy = policy
+        self.breakers = breakers
         # Compiled once per stage list (the default's and each override's), not per request.
         self._compiled: dict[int, list[Inspector]] = {}
+        # The same, cut into the runs that inspect_each awaits together, per `stages` choice.
+        self._runs: dict[tuple[int, str], list[tuple[Inspector, ...]]] = {}
 
     def _inspectors(self, ctx: Context) -> list[Inspector]:
         stages = self.policy.stages_for(ctx.direction, ctx.tenant, ctx.route)
         key = id(stages)
         if key not in self._compiled:
-            self._compiled[key] = [_inspector(stage) for stage in stages]
+            self._compiled[key] = [_inspector(stage, self.breakers) for stage in stages]
         return self._compiled[key]
 
     def compile_all(self) -> None:
@@ -147,7 +224,7 @@ class Pipeline:
         compiled raises RuleError here, before the policy is activated, and no request pays for it."""
         for _, stages in self.policy.stage_lists():
             if id(stages) not in self._compiled:
-                self._compiled[id(stages)] = [_inspector(stage) for stage in stages]
+                self._compiled[id(stages)] = [_inspector(stage, self.breakers) for stage in stages]
 
     def slow_patterns(self) -> list[tuple[str, str]]:
         """(rule id, regex) of every compiled regex that has no literal atom and runs on every text."""
@@ -164,36 +241,51 @@ class Pipeline:
     def has_expensive(self, ctx: Context) -> bool:
         return any(getattr(inspector, "expensive", False) for inspector in self._inspectors(ctx))
 
+    def _stage_runs(self, ctx: Context, stages: str) -> list[tuple[Inspector, ...]]:
+        """The inspectors to run, in policy order, cut into runs: a cheap stage alone, adjacent
+        expensive ones together (they run concurrently)."""
+        inspectors = self._inspectors(ctx)
+        key = (id(inspectors), stages)
+        runs = self._runs.get(key)
+        if runs is None:
+            runs = []
+            for inspector in inspectors:
+                expensive = _is_expensive(inspector)
+                if (stages == "cheap" and expensive) or (stages == "expensive" and not expensive):
+                    continue
+                if expensive and runs and _is_expensive(runs[-1][-1]):
+                    runs[-1] += (inspector,)
+                else:
+                    runs.append((inspector,))
+            self._runs[key] = runs
+        return runs
+
     async def inspect_each(self, texts: list[str], ctx: Context, stages: str = "all",
                            timings: dict[str, float] | None = None) -> list[Verdict]:
         """One verdict per text, the strongest of its stages' (the earlier stage's on a tie; an
         allow that carries scores beats a bare one). A text already blocked skips later stages.
-        `stages`: "all", or only the "cheap" or the "expensive" ones (streams run them apart).
-        `timings`: milliseconds spent per stage are added to it."""
+        Adjacent expensive stages run concurrently, and the first block among them cancels the
+        others still running (the request is blocked either way; which block is reported can then
+        depend on which came first). `stages`: "all", or only the "cheap" or the "expensive" ones
+        (streams run them apart). `timings`: milliseconds spent per stage are added to it."""
         verdicts = [ALLOW] * len(texts)
-        for inspector in self._inspectors(ctx):
-            expensive = getattr(inspector, "expensive", False)
-            if (stages == "cheap" and expensive) or (stages == "expensive" and not expensive):
-                continue
+        for run in self._stage_runs(ctx, stages):
             pending = [index for index, verdict in enumerate(verdicts) if verdict.action != "block"]
             if not pending:
                 break
-            started = time.perf_counter()
-            with child_span(f"inspect {inspector.name}", direction=ctx.direction, stage=inspector.name) as span:
-                if expensive:  # awaited together, so that the texts share a micro-batch
-                    found = await asyncio.gather(*(inspector.inspect(texts[index], ctx) for index in pending))
-                else:
-                    found = [await inspector.inspect(texts[index], ctx) for index in pending]
-                if span is not None:
-                    span.set_attribute("action", strongest(found).action)
-            if timings is not None:
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                timings[inspector.name] = round(timings.get(inspector.name, 0.0) + elapsed_ms, 3)
-            for index, verdict in zip(pending, found, strict=True):
-                current = verdicts[index]
-                if SEVERITY[verdict.action] > SEVERITY[current.action] or (
-                        verdict.action == current.action and current.scores is None and verdict.scores is not None):
-                    verdicts[index] = verdict
+            if len(run) == 1:
+                founds = [await _run_stage(run[0], texts, pending, ctx, timings)]
+            else:
+                founds = await _race(run, texts, pending, ctx, timings)
+            for found in founds:  # in policy order, so that the earlier stage wins a tie
+                for index, verdict in zip(pending, found, strict=True):
+                    current = verdicts[index]
+                    if SEVERITY[verdict.action] > SEVERITY[current.action] or (
+                            verdict.action == current.action and current.scores is None
+                            and verdict.scores is not None):
+                        verdicts[index] = with_bypass(verdict, current)
+                    elif verdict.bypass is not None:
+                        verdicts[index] = with_bypass(current, verdict)
         return verdicts
 
     async def inspect(self, texts: list[str], ctx: Context) -> Verdict:
@@ -201,8 +293,53 @@ class Pipeline:
 
 
 def strongest(verdicts: list[Verdict]) -> Verdict:
-    """The most severe verdict, the first one on a tie; ALLOW for none."""
-    return max(verdicts, key=lambda verdict: SEVERITY[verdict.action], default=ALLOW)
+    """The most severe verdict, the first one on a tie (carrying a bypass any of them has); ALLOW for none."""
+    chosen = max(verdicts, key=lambda verdict: SEVERITY[verdict.action], default=ALLOW)
+    for verdict in verdicts:
+        chosen = with_bypass(chosen, verdict)
+    return chosen
+
+
+def _is_expensive(inspector: Inspector) -> bool:
+    return getattr(inspector, "expensive", False)
+
+
+async def _run_stage(inspector: Inspector, texts: list[str], pending: list[int], ctx: Context,
+                     timings: dict[str, float] | None) -> list[Verdict]:
+    """One stage on the pending texts, timed (even when cancelled) and in a span of its own."""
+    started = time.perf_counter()
+    try:
+        with child_span(f"inspect {inspector.name}", direction=ctx.direction, stage=inspector.name) as span:
+            if _is_expensive(inspector):  # awaited together, so that the texts share a micro-batch
+                found = await asyncio.gather(*(inspector.inspect(texts[index], ctx) for index in pending))
+            else:
+                found = [await inspector.inspect(texts[index], ctx) for index in pending]
+            if span is not None:
+                span.set_attribute("action", strongest(found).action)
+    finally:
+        if timings is not None:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            timings[inspector.name] = round(timings.get(inspector.name, 0.0) + elapsed_ms, 3)
+    return found
+
+
+async def _race(run: tuple[Inspector, ...], texts: list[str], pending: list[int], ctx: Context,
+                timings: dict[str, float] | None) -> list[list[Verdict]]:
+    """Stages run concurrently; the first that blocks a text cancels the others still running.
+    Returns the verdicts of the stages that finished, in policy order. A stage that raises cancels
+    the others and its error propagates (as it would have run alone)."""
+    tasks = [asyncio.ensure_future(_run_stage(inspector, texts, pending, ctx, timings)) for inspector in run]
+    try:
+        running = set(tasks)
+        while running:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            if any(verdict.action == "block" for task in done for verdict in task.result()):
+                break
+    finally:
+        for task in tasks:
+            task.cancel()  # no-op on a finished task
+        await asyncio.gather(*tasks, return_exceptions=True)  # their timings are in before we return
+    return [task.result() for task in tasks if not task.cancelled()]
 
 
 @dataclass(frozen=True)
@@ -237,12 +374,13 @@ def golden_failures(results: list[GoldenResult], policy: Policy) -> list[str]:
             f"expected {result.expected}, got {result.got}: {result.test.text[:60]!r}" for index, result in failed]
 
 
-def load_pipeline(path: Path) -> Pipeline:
+def load_pipeline(path: Path, breakers: Breakers | None = None) -> Pipeline:
     """Load, validate and compile a policy file (CPU-bound: keep it off the event loop).
-    Raises PolicyError, worded `file:line: ...` (or `file: rule ...` for a rule that cannot compile)."""
-    pipeline = Pipeline(load_policy(path))
+    Raises PolicyError, worded `file:line: ...` (or `file: rule ...` for a rule that cannot compile).
+    `breakers`: the gateway's circuit breakers, for the stages that call a service (none in the CLI)."""
+    pipeline = Pipeline(load_policy(path), breakers)
     try:
         pipeline.compile_all()
-    except (RuleError, ClassifierError) as exc:
+    except (RuleError, ClassifierError, ModerationConfigError) as exc:
         raise PolicyError(f"{path}: {exc}") from None
     return pipeline

@@ -23,11 +23,14 @@ from pathlib import Path
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from gateway.auth import Authenticator
+from gateway.breakers import Breakers
 from gateway.enforcement import Enforcer
 from gateway.errors import GatewayError, error_response
-from gateway.pipeline import golden_failures, load_pipeline
+from gateway.pipeline import golden_failures, load_pipeline, strongest
+from gateway.rollout import GuardRails, Rollout, RolloutMode, VersionStats, breach
 from gateway.telemetry import Metrics
 from policies.history import HistoryError, PolicyHistory
 from policies.schema import PolicyError
@@ -37,9 +40,9 @@ from privacy.audit.writer import AuditUnavailable, AuditWriter
 log = structlog.get_logger("wardgate.policy")
 
 
-def prepare(path: Path) -> Enforcer:
+def prepare(path: Path, breakers: Breakers | None = None) -> Enforcer:
     """An enforcer for the policy file; raises PolicyError (file:line) if it cannot be used."""
-    return Enforcer(load_pipeline(path))
+    return Enforcer(load_pipeline(path, breakers))
 
 
 async def failed_golden_tests(enforcer: Enforcer) -> list[str]:
@@ -84,14 +87,28 @@ def _iso(timestamp: float) -> str:
 
 class PolicyManager:
     def __init__(self, path: Path, metrics: Metrics, history: PolicyHistory | None, poll_s: float,
-                 audit: AuditWriter | None = None) -> None:
+                 audit: AuditWriter | None = None, rollout_mode: RolloutMode = "direct",
+                 canary_share: float = 0.1, rails: GuardRails | None = None,
+                 breakers: Breakers | None = None) -> None:
         """Loads `path` now; raises PolicyError if it cannot be used (the gateway must not start)."""
         self.path = path
         self.metrics = metrics
         self.history = history
         self.audit = audit
+        self.breakers = breakers
+        self.rollout_mode = rollout_mode
+        self.canary_share = canary_share
+        self.rails = rails or GuardRails()
+        # The version before the active one (what a breach restores), a canary or shadow version on
+        # trial, the trial's record, and the recent outcomes of the active version (the baseline).
+        self.previous: ActivePolicy | None = None
+        self.candidate: ActivePolicy | None = None
+        self.rollout: Rollout | None = None
+        self.baseline = VersionStats()
+        self.previous_baseline: VersionStats | None = None
+        self._background: set[asyncio.Task] = set()
         self.poll_s = poll_s
-        enforcer = prepare(path)
+        enforcer = prepare(path, breakers)
         self.active = ActivePolicy(enforcer, time.time())
         self.last_refusal: Refusal | None = None
         self.history_error: str | None = None
@@ -150,7 +167,7 @@ class PolicyManager:
     async def reload(self) -> bool:
         """Try the policy file as it is now; True if it became active."""
         try:
-            enforcer = await asyncio.to_thread(prepare, self.path)
+            enforcer = await asyncio.to_thread(prepare, self.path, self.breakers)
         except PolicyError as exc:
             await self._refuse(str(exc), None)
             return False
@@ -161,15 +178,118 @@ class PolicyManager:
         if failures:
             await self._refuse("\n".join(failures), digest)
             return False
-        previous = self.active.enforcer.policy.version
-        self.active = ActivePolicy(enforcer, time.time())
-        self.metrics.set_active_policy(enforcer.policy.version, digest)
-        self.metrics.policy_reloads.labels("activated").inc()
-        log.info("policy_activated", path=str(self.path), version=enforcer.policy.version, digest=digest,
-                 previous_version=previous)
-        await self._write_history("record_activation", enforcer.policy, "activated", "file changed")
-        await self._audit_event("policy_activated", enforcer, reason="file changed", previous_version=previous)
+        self.rollout = Rollout(digest, self.rollout_mode, self.canary_share)
+        if self.rollout_mode != "direct":  # on trial beside the active version
+            self.candidate = ActivePolicy(enforcer, time.time())
+            log.info("policy_trial_started", mode=self.rollout_mode, version=enforcer.policy.version, digest=digest,
+                     running_version=self.active.enforcer.policy.version)
+            await self._audit_event(f"policy_{self.rollout_mode}_started", enforcer, reason="file changed",
+                                    running_version=self.active.enforcer.policy.version)
+            return True
+        await self._activate(enforcer, "file changed")
         return True
+
+    async def _activate(self, enforcer: Enforcer, reason: str) -> None:
+        previous = self.active.enforcer.policy.version
+        self.previous, self.active = self.active, ActivePolicy(enforcer, time.time())
+        self.previous_baseline, self.baseline = self.baseline, VersionStats()
+        self.metrics.set_active_policy(enforcer.policy.version, enforcer.digest)
+        self.metrics.policy_reloads.labels("activated").inc()
+        log.info("policy_activated", path=str(self.path), version=enforcer.policy.version, digest=enforcer.digest,
+                 previous_version=previous, reason=reason)
+        await self._write_history("record_activation", enforcer.policy, "activated", reason)
+        await self._audit_event("policy_activated", enforcer, reason=reason, previous_version=previous)
+
+    # -- rollout -----------------------------------------------------------------------------------
+    def enforcer_for(self, request_id: str) -> Enforcer:
+        """The version that enforces this request: the canary for its share of requests, else the active one."""
+        candidate, rollout = self.candidate, self.rollout
+        if candidate is not None and rollout is not None and rollout.mode == "canary" and rollout.takes(request_id):
+            return candidate.enforcer
+        return self.active.enforcer
+
+    def observe(self, state: dict) -> None:
+        """One request's outcome, counted for the version that handled it; judges a trial."""
+        digest = state.get("policy_digest")
+        if digest is None:
+            return
+        verdicts = state.get("verdicts", {})
+        blocked = any(verdict.action == "block" for verdict in verdicts.values())
+        failed = (state.get("error_code") or "").startswith("WG9")
+        inspect_ms = sum(sum(stages.values()) for stages in state.get("stage_ms", {}).values())
+        rollout = self.rollout
+        if rollout is not None and digest == rollout.digest:
+            rollout.stats.observe(blocked, failed, inspect_ms)
+            self._judge(rollout)
+        elif digest == self.active.digest:
+            self.baseline.observe(blocked, failed, inspect_ms)
+
+    def spawn_shadow(self, texts: list[str], scope: Scope) -> None:
+        """Run `shadow` in the background: the response has gone, nothing waits for it."""
+        if self.rollout is not None and self.rollout.mode == "shadow":
+            self._spawn(self.shadow(texts, scope))
+
+    async def shadow(self, texts: list[str], scope: Scope) -> None:
+        """Evaluate the shadow version on a request's input texts (after its response has gone); a
+        decision that differs from the enforced one is logged (rule ids, no text) and counted."""
+        candidate, rollout = self.candidate, self.rollout
+        if candidate is None or rollout is None or rollout.mode != "shadow":
+            return
+        state = scope["state"]
+        enforced = state.get("verdicts", {}).get("input")
+        shadow_state = {"request_id": state["request_id"], "tenant": state.get("tenant")}
+        started = time.perf_counter()
+        verdicts = await candidate.enforcer.verdicts(texts, {"state": shadow_state, "path": scope["path"]}, "input")
+        shadow = strongest(verdicts)
+        enforced_action = enforced.action if enforced is not None else "allow"
+        if shadow.action != enforced_action:
+            rollout.shadow_differences += 1
+            self.metrics.shadow_differences.inc()
+            log.info("policy_shadow_difference", request_id=state["request_id"], shadow_action=shadow.action,
+                     shadow_rule_id=shadow.rule_id, enforced_action=enforced_action,
+                     enforced_rule_id=enforced.rule_id if enforced is not None else None)
+        rollout.stats.observe(shadow.action == "block", False, (time.perf_counter() - started) * 1000)
+        self._judge(rollout)
+
+    def _judge(self, rollout: Rollout) -> None:
+        baseline = self.baseline if rollout.mode != "direct" else self.previous_baseline
+        problem = breach(rollout.stats, baseline, self.rails)
+        if problem is not None:
+            self.rollout = None
+            self._spawn(self._roll_back(rollout, problem))
+        elif rollout.watched_long_enough(self.rails):
+            self.rollout = None
+            self._spawn(self._conclude(rollout))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._background.discard)
+
+    async def _roll_back(self, rollout: Rollout, problem: str) -> None:
+        if rollout.mode == "direct":
+            bad, restored = self.active, self.previous
+            if restored is None:
+                return
+            self.active, self.previous = restored, None
+            self.baseline, self.previous_baseline = self.previous_baseline or VersionStats(), None
+            self.metrics.set_active_policy(restored.enforcer.policy.version, restored.digest)
+        else:
+            bad, restored, self.candidate = self.candidate, self.active, None
+        self.metrics.policy_rollbacks.labels(rollout.mode).inc()
+        log.warning("policy_rolled_back", version=bad.enforcer.policy.version, digest=bad.digest, mode=rollout.mode,
+                    reason=problem, restored_version=restored.enforcer.policy.version, trial=rollout.describe())
+        await self._write_history("record_activation", restored.enforcer.policy, "rollback", f"automatic: {problem}")
+        await self._audit_event("policy_rolled_back", restored.enforcer, reason=f"automatic: {problem}",
+                                rolled_back_version=bad.enforcer.policy.version, rolled_back_digest=bad.digest,
+                                trial=rollout.describe())
+
+    async def _conclude(self, rollout: Rollout) -> None:
+        """The watch ended without a breach: a canary or shadow version takes over."""
+        if rollout.mode == "direct" or self.candidate is None:
+            return
+        candidate, self.candidate = self.candidate, None
+        await self._activate(candidate.enforcer, f"{rollout.mode} passed its guard rails")
 
     async def _refuse(self, reason: str, digest: str | None) -> None:
         self.last_refusal = Refusal(time.time(), str(self.path), reason, digest)
@@ -215,6 +335,9 @@ class PolicyManager:
                            "digest": event.digest, "reason": event.reason} for event in events]
         return {
             "active": self.active.describe(),
+            "trial": self.rollout.describe() if self.rollout is not None else None,
+            "rollout": {"mode": self.rollout_mode, "canary_share": self.canary_share,
+                        "guard_rails": self.rails.__dict__},
             "last_refusal": self.last_refusal.describe() if self.last_refusal else None,
             "watching": {"path": str(self.path), "poll_interval_s": self.poll_s},
             "history": {"path": str(self.history.path) if self.history else None, "error": self.history_error,

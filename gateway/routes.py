@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.admin_audit import AdminAuditEndpoint
 from gateway.audit_trail import note_completion, note_request
 from gateway.auth import Authenticator
+from gateway.breakers import Breakers
 from gateway.config import Settings
 from gateway.enforcement import refusal_response
 from gateway.errors import (
@@ -32,6 +33,7 @@ from gateway.openai_schema import (
     parse_request,
 )
 from gateway.policy_reload import AdminPolicyEndpoint, PolicyManager
+from gateway.ratelimit import RateLimiter
 from gateway.request_body import read_body
 from gateway.streaming import CancelOnDisconnect, ClientDisconnected, RawResponse, SSERelayResponse
 from gateway.telemetry import Metrics
@@ -64,15 +66,19 @@ class ProxyEndpoint:
         request_model: type[RequestModel] | None,
         authenticator: Authenticator,
         admission: AdmissionControl,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.proxy = proxy
         self.request_model = request_model
         self.authenticator = authenticator
         self.admission = admission
+        self.rate_limiter = rate_limiter  # None: no limit configured, nothing to run
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             self.authenticator.authenticate(scope)
+            if self.rate_limiter is not None:
+                send = await self.rate_limiter.admit(scope, send)  # adds the x-ratelimit-* headers
             await self.admission.enter()
         except GatewayError as error:
             await error_response(scope, error)(scope, receive, send)
@@ -87,6 +93,13 @@ class ProxyEndpoint:
             await response(scope, receive, send)
         finally:
             self.admission.leave()
+            policies = self.proxy.policies
+            if policies is not None:
+                policies.observe(scope["state"])
+                if policies.candidate is not None and "input_texts" in scope["state"]:
+                    policies.spawn_shadow(scope["state"]["input_texts"], scope)
+            if self.rate_limiter is not None:  # tokens are known once the response has ended
+                await self.rate_limiter.charge(scope)
 
 
 class OpenAIProxy:
@@ -107,9 +120,13 @@ class OpenAIProxy:
         stream = False
         inspect_output = False
         # One policy version for the whole exchange, input and output, even if a reload lands meanwhile.
-        enforcer = self.policies.enforcer if self.policies is not None and request_model is not None else None
+        enforcer = None
         if self.policies is not None:
-            scope["state"]["audit_settings"] = self.policies.enforcer.policy.audit
+            # A canary version takes its share of requests (by request id); see gateway/rollout.py.
+            enforcer = self.policies.enforcer_for(scope["state"]["request_id"])
+            scope["state"]["audit_settings"] = enforcer.policy.audit
+            if request_model is None:
+                enforcer = None
         if request_model is not None:
             body = await read_body(scope, receive, self.max_body_bytes)
             parsed = parse_request(request_model, body)
@@ -118,7 +135,8 @@ class OpenAIProxy:
             if enforcer is not None:
                 scope["state"]["policy_version"] = enforcer.policy.version
                 scope["state"]["policy_digest"] = enforcer.digest
-                verdict, body = await enforcer.check_request(parsed.texts(), body, scope)
+                scope["state"]["input_texts"] = texts = parsed.texts()
+                verdict, body = await enforcer.check_request(texts, body, scope)
                 if verdict.action == "block":  # on_block: refusal
                     return refusal_response(parsed, enforcer.policy.on_block.message)
                 inspect_output = request_model is not EmbeddingRequest
@@ -134,7 +152,7 @@ class OpenAIProxy:
                 if context_headers:  # the model server continues our trace, not the client's
                     headers = [header for header in headers if header[0] not in ("traceparent", "tracestate")]
                     headers += context_headers
-                upstream = await self.upstream.send(scope["method"], path, headers, body)
+                upstream = await self.upstream.send(scope["method"], path, headers, body, state)
                 if span is not None:
                     span.set_attribute("http.response.status_code", upstream.status)
             state["upstream_s"] = time.perf_counter() - started
@@ -193,29 +211,32 @@ def _check_complete_response(status: int, payload: bytes) -> dict | None:
 
 
 class Probes:
-    def __init__(self, upstream: UpstreamClient, metrics: Metrics) -> None:
+    def __init__(self, upstream: UpstreamClient, metrics: Metrics, breakers: Breakers) -> None:
         self.upstream = upstream
         self.metrics = metrics
+        self.breakers = breakers
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        # Not ready while every upstream's breaker is open (readiness() skips open ones).
         ready, detail = await self.upstream.readiness()
-        return JSONResponse({"status": "ready" if ready else "not ready", "upstream": detail},
-                            status_code=200 if ready else 503)
+        return JSONResponse({"status": "ready" if ready else "not ready", "upstream": detail,
+                             "breakers": self.breakers.states()}, status_code=200 if ready else 503)
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def build_routes(
-    proxy: OpenAIProxy, probes: Probes, authenticator: Authenticator, admission: AdmissionControl
+    proxy: OpenAIProxy, probes: Probes, authenticator: Authenticator, admission: AdmissionControl,
+    rate_limiter: RateLimiter | None = None,
 ) -> list[Route]:
     admin_policy = AdminPolicyEndpoint(proxy.policies, authenticator)
     admin_audit = AdminAuditEndpoint(proxy.settings, authenticator)
     def endpoint(request_model: type[RequestModel] | None) -> ProxyEndpoint:
-        return ProxyEndpoint(proxy, request_model, authenticator, admission)
+        return ProxyEndpoint(proxy, request_model, authenticator, admission, rate_limiter)
 
     return [
         Route("/v1/chat/completions", endpoint(ChatCompletionRequest), methods=["POST"]),

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from gateway.audit_trail import note_stream
 from gateway.errors import POLICY_BLOCKED_OUTPUT, UPSTREAM_BAD_RESPONSE, GatewayError
 from gateway.upstream import transport_error
 
@@ -167,6 +168,8 @@ class SSERelayResponse:
         try:
             async for chunk in self.upstream.content.iter_any():
                 events, pending = split_events(pending + chunk)
+                if events and self.gate is None:  # a gate notes them itself, with their text
+                    note_stream(scope["state"], "", events)  # the usage, for token limits and the audit
                 if events:
                     await self._send_checked(events, send)
                 if len(pending) > self.max_event_bytes:

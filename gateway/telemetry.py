@@ -134,9 +134,22 @@ class Metrics:
             "a golden test failed; the running policy stays).", ["result"], registry=self.registry,
         )
 
+        self.policy_rollbacks = Counter(
+            "wardgate_policy_rollbacks_total", "Policy versions taken out of service automatically because they "
+            "broke a guard rail, by rollout mode.", ["mode"], registry=self.registry,
+        )
+        self.shadow_differences = Counter(
+            "wardgate_policy_shadow_differences_total", "Requests on which a shadow policy version decided "
+            "differently from the enforced one.", registry=self.registry,
+        )
         self.decisions = Counter(
             "wardgate_decisions_total", "Inspection verdicts, by direction, action, category and rule.",
             ["direction", "action", "category", "rule_id"], registry=self.registry,
+        )
+        self.moderation_bypass = Counter(
+            "wardgate_moderation_bypass_total", "Requests on which the moderation hook gave no answer, by "
+            "direction and what the stage's on_failure made of it (block, allow, flag).",
+            ["direction", "outcome"], registry=self.registry,
         )
         self.stage_duration = Histogram(
             "wardgate_stage_duration_seconds", "Time a request spent in each inspection stage.",
@@ -153,6 +166,33 @@ class Metrics:
         )
         self.audit_queue_depth = Gauge(
             "wardgate_audit_queue_depth", "Audit records waiting for their commit.", registry=self.registry,
+        )
+        # Rate limits (gateway/ratelimit.py).
+        self.rate_limited = Counter(
+            "wardgate_rate_limited_total", "Requests refused by a rate limit (WG5003, WG5004), by the limit with "
+            "the longest wait: scope tenant|key, kind requests|tokens.", ["scope", "kind"], registry=self.registry,
+        )
+        self.rate_limit_unenforced = Counter(
+            "wardgate_rate_limit_unenforced_total", "Requests let through without a rate-limit check because the "
+            "shared store (Redis) failed or was being skipped after a failure.", registry=self.registry,
+        )
+
+        # Circuit breakers and upstream resilience (gateway/breakers.py, gateway/upstream.py).
+        self.breaker_state = Gauge(
+            "wardgate_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", ["name"],
+            registry=self.registry,
+        )
+        self.breaker_transitions = Counter(
+            "wardgate_breaker_transitions_total", "Circuit breaker state changes this process made or saw.",
+            ["name", "to"], registry=self.registry,
+        )
+        self.upstream_retries = Counter(
+            "wardgate_upstream_retries_total", "Upstream attempts retried, by the failure that caused the retry.",
+            ["reason"], registry=self.registry,
+        )
+        self.upstream_fallbacks = Counter(
+            "wardgate_upstream_fallbacks_total", "Attempts sent to a fallback upstream.", ["upstream"],
+            registry=self.registry,
         )
 
         # labels() validates and locks on every call; the label sets are few, so keep the children.
@@ -179,6 +219,8 @@ class Metrics:
     def record_inspection(self, verdicts: dict, stage_ms: dict) -> None:
         for direction, verdict in verdicts.items():
             self.decisions.labels(direction, verdict.action, verdict.category or "", verdict.rule_id or "").inc()
+            if verdict.bypass is not None:
+                self.moderation_bypass.labels(direction, verdict.bypass.outcome).inc()
         for direction, stages in stage_ms.items():
             for stage, milliseconds in stages.items():
                 self.stage_duration.labels(direction, stage).observe(milliseconds / 1000)
@@ -309,7 +351,7 @@ class RequestTelemetry:
         if state.get("client_disconnected"):
             fields["client_disconnected"] = True
         for key in ("trace_id", "policy_version", "policy_digest", "input_verdict", "output_verdict",
-                    "inspect_input_ms"):
+                    "inspect_input_ms", "upstream_attempts"):
             if key in state:
                 fields[key] = state[key]
         if failure is not None and not isinstance(failure, asyncio.CancelledError):

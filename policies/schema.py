@@ -19,7 +19,8 @@ import os
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import regex
 from pydantic import (
@@ -33,6 +34,7 @@ from pydantic import (
 )
 
 from classifiers.labels import LABELS
+from filters.moderation_hook import OPENAI_LABELS, template_has_text
 from filters.normalize import normalize
 from policies.yaml_source import YamlDocument, YamlSourceError, line_of, parse_yaml
 
@@ -108,8 +110,72 @@ class ClassifierStage(BaseModel):
     flag: dict[Label, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
 
 
-Stage = Annotated[BlacklistStage | ClassifierStage, Field(discriminator="type")]
-STAGE_TYPES = ("blacklist", "classifier")
+class ModerationCache(BaseModel):
+    model_config = _STRICT
+    max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    ttl_s: Annotated[float, Field(gt=0)] = 300
+
+
+class ModerationStage(BaseModel):
+    """An external moderation service (filters/moderation_hook): thresholds work as the classifier's;
+    `on_failure` says what a text gets when the service gives no usable answer."""
+
+    model_config = _STRICT
+    type: Literal["moderation"]
+    url: Annotated[str, Field(min_length=1)]
+    format: Literal["openai", "webhook"] = "openai"
+    model: Annotated[str, Field(min_length=1)] | None = None  # openai only
+    request: dict[str, Any] | None = None  # webhook only: the JSON template, `{text}` in its strings
+    response: dict[Label, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)  # webhook only
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
+    cache: ModerationCache | None = None
+    auth_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    block: dict[Label, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: {"unsafe": 0.5})
+    flag: dict[Label, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    on_failure: Literal["block", "allow", "flag"] = "block"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+        return url
+
+    @field_validator("auth_env")
+    @classmethod
+    def _auth_env_set(cls, name: str | None) -> str | None:
+        # Checked when the policy loads, so that a missing secret stops the load, not every request.
+        if name is not None and not os.environ.get(name):
+            raise ValueError(f"environment variable {name} is not set (the moderation service's token)")
+        return name
+
+    @model_validator(mode="after")
+    def _format_fields(self) -> ModerationStage:
+        if self.format == "openai":
+            if self.request is not None or self.response:
+                raise ValueError("`request` and `response` are for format: webhook (openai has a fixed format)")
+            produced = OPENAI_LABELS
+        else:
+            if self.model is not None:
+                raise ValueError("`model` is for format: openai (put it in the webhook's `request`)")
+            if not self.response:
+                raise ValueError("format: webhook needs a `response` mapping (label: dotted.path)")
+            if self.request is not None and not template_has_text(self.request):
+                raise ValueError("the webhook `request` template never says {text}: the text would not be sent")
+            bad_paths = [path for path in self.response.values() if "" in path.split(".")]
+            if bad_paths:
+                raise ValueError(f"response paths with an empty part: {', '.join(bad_paths)}")
+            produced = frozenset(self.response)
+        unscored = sorted({*self.block, *self.flag} - produced)
+        if unscored:
+            raise ValueError(f"thresholds on labels this hook does not score: {', '.join(unscored)}")
+        return self
+
+
+Stage = Annotated[BlacklistStage | ClassifierStage | ModerationStage, Field(discriminator="type")]
+STAGE_TYPES = ("blacklist", "classifier", "moderation")
 
 
 class DirectionStages(BaseModel):

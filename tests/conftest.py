@@ -18,6 +18,7 @@ import pytest
 from tests.fake_upstream import FakeUpstream
 
 WARDGATE = str(Path(sys.executable).parent / "wardgate")
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def free_port() -> int:
@@ -142,3 +143,19 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=10) as http:
         yield http
+
+
+@pytest.fixture()
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of the test's own; its keys are deleted afterwards."""
+    import uuid
+
+    import redis
+
+    prefix = f"wardgate-test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

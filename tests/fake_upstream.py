@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests.loopback import LoopbackServer
+
 STREAM_WORDS = ["Hello", " from", " the", " fake", " model", ",", " 你好", "!"]
 SPLIT_STREAM_PIECES = ["A harmless opening sentence. ", "The word is for", "bidden", "-output!"]
 
@@ -25,6 +27,18 @@ class Observations:
     events: list[tuple[str, str]] = field(default_factory=list)  # (event, model)
     last_headers: dict[str, str] = field(default_factory=dict)
     requests: int = 0
+    arrivals: list[tuple[str, float]] = field(default_factory=list)  # (model, monotonic time), resilience models
+
+    def arrive(self, model: str) -> int:
+        """Notes a request for `model`; returns how many came before it."""
+        with self.lock:
+            earlier = sum(1 for seen, _ in self.arrivals if seen == model)
+            self.arrivals.append((model, time.monotonic()))
+            return earlier
+
+    def arrival_times(self, model: str) -> list[float]:
+        with self.lock:
+            return [when for seen, when in self.arrivals if seen == model]
 
     def record(self, event: str, model: str) -> None:
         with self.lock:
@@ -70,39 +84,16 @@ def chunk_event(model: str, delta: dict, finish_reason: str | None = None) -> by
     return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
 
 
-class FakeUpstream:
+class FakeUpstream(LoopbackServer):
     def __init__(self) -> None:
+        super().__init__()
         self.observed = Observations()
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FakeUpstream:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    async def _start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
 
     def _observe(self, request: web.Request) -> None:
         with self.observed.lock:
@@ -146,6 +137,9 @@ class FakeUpstream:
                        then nothing for 5 s unless the client leaves
         error500       HTTP 500 with an error body
         bad-request    HTTP 400 with an OpenAI-style error body (to be passed through)
+        503-once-*     HTTP 503 for the first request with this exact model name, then like echo
+        retry-after-N-*  the same, with `Retry-After: N` on the 503
+        always-503*    HTTP 503 every time
         """
         self._observe(request)
         body = await request.json()
@@ -197,6 +191,13 @@ class FakeUpstream:
                 {"error": {"message": "unknown model", "type": "invalid_request_error", "code": "model_not_found"}},
                 status=400,
             )
+        if model.startswith(("503-once-", "retry-after-", "always-503")):
+            if self.observed.arrive(model) == 0 or model.startswith("always-503"):
+                headers = {"Retry-After": model.split("-")[2]} if model.startswith("retry-after-") else None
+                return web.json_response({"error": {"message": "overloaded"}}, status=503, headers=headers)
+            if stream:
+                return await self._stream(request, model, delay=0.0)
+            return web.json_response(completion_body(model, "echo: " + body["messages"][-1]["content"]))
         raise web.HTTPNotFound(text=f"fake upstream has no model {model!r}")
 
     async def _idle_until_client_leaves(self, request: web.Request, model: str, seconds: float) -> None:

@@ -317,7 +317,8 @@ def test_a_spill_file_left_by_a_crash_is_replayed_at_the_next_start(pg_schema, t
 
     asyncio.run(spill_three())
     # The process "dies" here: no close(), its file lock goes with its file handle.
-    writer.spill._file.close()
+    for _, handle in writer.spill._segments:
+        handle.close()
     assert len(leftover_spill_files(tmp_path / "spill")) == 1
     restarted = writer_for(pg_dsn(pg_schema), tmp_path, Counts())
     restarted.open()
@@ -628,3 +629,34 @@ def answered_once_the_store_is_back(gateway, timeout_s: float = 15) -> None:
         assert_coded_error(response, "WG5002")
         time.sleep(0.2)
     assert response.status_code == 200
+
+
+def test_a_store_that_hangs_does_not_hang_the_request(tmp_path):
+    """Another process holds the SQLite write lock: a commit gives up after commit_timeout_s — spilled or
+    refused per policy — and once the lock goes every acknowledged record is stored exactly once."""
+    import sqlite3
+
+    database = tmp_path / "audit.sqlite3"
+    writer = writer_for(str(database), tmp_path, Counts(), commit_timeout_s=0.5, retry_s=0.1)
+    writer.open()
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    spilled, refused, later = records(1)[0], records(1)[0], records(1)[0]
+    refused.on_store_failure = "fail_closed"
+
+    async def main() -> None:
+        started = time.monotonic()
+        await writer.commit(spilled)  # acknowledged: in the spill file, after one timeout
+        with pytest.raises(AuditUnavailable, match="a commit is hanging"):
+            await writer.commit(refused)  # at once: the store is known to hang
+        assert time.monotonic() - started < 0.5 + 4  # one timeout of 0.5 s, generously
+        holder.execute("ROLLBACK")
+        await asyncio.sleep(0.5)  # the hung commit completes
+        await writer.commit(later)
+
+    asyncio.run(main())
+    holder.close()
+    writer.close()
+    ids = [row.body["id"] for row in open_store(str(database)).scan()]
+    assert sorted(ids) == sorted([spilled.id, later.id])  # each once; the refused request left none
+    assert verify(open_store(str(database)), [SIGNER]).ok

@@ -57,6 +57,8 @@ class AuditRecord:
     texts: list[RetainedText] = field(default_factory=list)
     # What to do if the store cannot take it: "spill" to the local file, or "fail_closed".
     on_store_failure: Literal["spill", "fail_closed"] = "spill"
+    # Set when its request stopped waiting (spilled or refused): the writer must not commit it again.
+    withdrawn: bool = False
 
     @property
     def id(self) -> str:

@@ -10,6 +10,9 @@ is down or cannot keep up, each record's policy decides:
   store already has, so a crash mid-replay duplicates nothing.
 - `fail_closed`: the commit raises `AuditUnavailable`; the gateway answers 503 instead of a response
   it could not record.
+
+A commit that takes longer than `commit_timeout_s` (a lock held on the store, a stalled network)
+counts as the store failing, so that no request waits on the audit log without bound.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class WriterSettings:
     batch_max: int = 512
     # Longest wait for more records once a batch has begun, when requests come concurrently.
     group_window_s: float = 0.002
+    # Longest a request waits for its record's commit before the record is spilled (or refused).
+    commit_timeout_s: float = 5.0
     # While the store is down, it is tried again at most this often (spill or fail in between).
     retry_s: float = 1.0
     purge_every_s: float = 3600.0
@@ -64,43 +69,57 @@ class WriterSettings:
 
 
 class SpillFile:
-    """This process's append-only spill file, locked while it is in use so that no other process
-    replays it under our feet."""
+    """This process's spill segments: append-only files, each locked (flock) while this process holds
+    it, so that no other process replays it under our feet. Taking the spilled records for replay
+    seals the current segment: records spilled meanwhile go to a new one, and only the segments taken
+    are removed once their records are committed."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.path = directory / f"spill-{os.getpid()}-{time.time_ns()}.jsonl"
-        self._file: IO[bytes] | None = None
+        self._segments: list[tuple[Path, IO[bytes]]] = []  # oldest first; the last one takes appends
+        self._sealed = True
         self._lock = threading.Lock()
-        self.pending = 0
+
+    @property
+    def path(self) -> Path | None:
+        return self._segments[-1][0] if self._segments else None
 
     def append(self, records: list[AuditRecord]) -> None:
         with self._lock:
-            if self._file is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("ab")
-                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._file.write(b"".join(record.to_json() + b"\n" for record in records))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self.pending += len(records)
+            if self._sealed:
+                self._segments.append(self._new_segment())
+                self._sealed = False
+            file = self._segments[-1][1]
+            file.write(b"".join(record.to_json() + b"\n" for record in records))
+            file.flush()
+            os.fsync(file.fileno())
+
+    def _new_segment(self) -> tuple[Path, IO[bytes]]:
+        # Created under a name the leftover scan ignores, locked, then renamed: another process never
+        # sees it unlocked.
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"spill-{os.getpid()}-{time.time_ns()}.jsonl"
+        temporary = self.directory / f".{name}.new"
+        file = temporary.open("ab")
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        temporary.rename(self.directory / name)
+        return self.directory / name, file
 
     def take(self) -> tuple[list[AuditRecord], Callable[[], None]]:
-        """Everything spilled so far, and a function that removes the file once it is committed."""
+        """Everything spilled so far, and a function that removes it once it is committed."""
         with self._lock:
-            if self._file is None:
-                return [], lambda: None
-            records = _read_spill(self.path)
+            taken = list(self._segments)
+            self._sealed = True
+        records = [record for path, _ in taken for record in _read_spill(path)]
 
-            def discard() -> None:
-                with self._lock:
-                    if self._file is not None:
-                        self._file.close()
-                        self._file = None
-                    self.path.unlink(missing_ok=True)
-                    self.pending = 0
+        def discard() -> None:
+            with self._lock:
+                for path, file in taken:
+                    path.unlink(missing_ok=True)
+                    file.close()
+                    self._segments.remove((path, file))
 
-            return records, discard
+        return records, discard
 
 
 def _read_spill(path: Path) -> list[AuditRecord]:
@@ -123,14 +142,33 @@ def leftover_spill_files(directory: Path) -> list[Path]:
         return []
     free = []
     for path in sorted(directory.glob("spill-*.jsonl")):
-        with path.open("rb") as file:
+        with contextlib.suppress(FileNotFoundError), path.open("rb") as file:
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            fcntl.flock(file, fcntl.LOCK_UN)
-        free.append(path)
+            free.append(path)
     return free
+
+
+def replay_leftovers(directory: Path, replay: Callable[[list[AuditRecord]], None]) -> int:
+    """Replay and remove every spill file no running process holds, holding each file's lock from
+    the check to its removal so that two starting processes never replay the same file twice."""
+    replayed = 0
+    for path in leftover_spill_files(directory):
+        with contextlib.suppress(FileNotFoundError), path.open("rb") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            if not path.exists():  # another process replayed it between the scan and the lock
+                continue
+            records = _read_spill(path)
+            replay(records)
+            path.unlink()
+            replayed += len(records)
+            log.info("audit_spill_replayed", file=str(path), records=len(records))
+    return replayed
 
 
 class AuditWriter:
@@ -145,6 +183,8 @@ class AuditWriter:
         self._queue: queue.Queue = queue.Queue(settings.queue_size)
         self._thread: threading.Thread | None = None
         self._store_down_since: float | None = None
+        # Set by a request whose commit timed out, cleared by the writer when a commit completes.
+        self._stalled = False
         self._last_attempt = 0.0
         self._last_purge = time.monotonic()
         self.last_error: str | None = None
@@ -154,13 +194,7 @@ class AuditWriter:
         """Migrate the schema and replay leftover spill files; raises StoreError if the store is down
         (the gateway then refuses to start rather than run without its audit trail)."""
         self.store.migrate()
-        for path in leftover_spill_files(self.spill_dir):
-            records = _read_spill(path)
-            for start in range(0, len(records), self.settings.batch_max):
-                self.store.append(records[start:start + self.settings.batch_max], self.signer,
-                                  self.settings.checkpoints, replay=True)
-            path.unlink()
-            log.info("audit_spill_replayed", file=str(path), records=len(records))
+        replay_leftovers(self.spill_dir, self._append_replayed)
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -188,19 +222,32 @@ class AuditWriter:
     async def commit(self, record: AuditRecord) -> None:
         """Returns once the record is committed (or spilled, if its policy allows); raises
         AuditUnavailable otherwise."""
+        if self._stalled:
+            # A commit is hanging: do not make this request wait out the timeout as well.
+            await self._overflow(record, "the audit store is not committing (a commit is hanging)")
+            return
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((record, future))
         except queue.Full:
-            await self._overflow(record)
+            await self._overflow(record, "the audit queue is full")
             return
-        await future
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.settings.commit_timeout_s)
+        except TimeoutError:
+            # A store that hangs (a lock held, a stalled network) must not hang the request. The
+            # writer skips the record from now on; if its commit was already under way and lands,
+            # the spilled copy is skipped on replay (same id). Until a commit completes, later
+            # records take the same way at once.
+            record.withdrawn = True
+            self._stalled = True
+            await self._overflow(record, f"the audit store did not commit within {self.settings.commit_timeout_s} s")
 
-    async def _overflow(self, record: AuditRecord) -> None:
-        """The queue is full: the store cannot keep up."""
+    async def _overflow(self, record: AuditRecord, reason: str) -> None:
+        """The store cannot keep up: spill the record, or refuse per its policy."""
         if record.on_store_failure == "fail_closed":
             self._count("failed", 1)
-            raise AuditUnavailable("the audit queue is full")
+            raise AuditUnavailable(reason)
         await asyncio.to_thread(self.spill.append, [record])
         self._count("spilled", 1)
 
@@ -236,6 +283,9 @@ class AuditWriter:
             self._purge_if_due()
 
     def _commit(self, batch: list[tuple[AuditRecord, asyncio.Future]]) -> None:
+        batch = [(record, future) for record, future in batch if not record.withdrawn]
+        if not batch:
+            return
         records = [record for record, _ in batch]
         if self._store_down_since is not None and time.monotonic() - self._last_attempt < self.settings.retry_s:
             self._store_failed(batch, self.last_error or "store down")
@@ -265,9 +315,13 @@ class AuditWriter:
         except StoreError as exc:
             self.last_error = str(exc)
             return
+        except Exception:  # a bug must not kill the writer: the next request's commit tries again
+            log.exception("audit_recovery_failed")
+            return
         self._mark_up()
 
     def _mark_up(self) -> None:
+        self._stalled = False
         if self._store_down_since is not None:
             log.info("audit_store_recovered", down_s=round(time.monotonic() - self._store_down_since, 3))
             self._store_down_since = None
@@ -275,14 +329,18 @@ class AuditWriter:
 
     def _replay_spill(self) -> None:
         spilled, discard = self.spill.take()
-        for start in range(0, len(spilled), self.settings.batch_max):
-            self.store.append(spilled[start:start + self.settings.batch_max], self.signer, self.settings.checkpoints,
-                              replay=True)
+        self._append_replayed(spilled)
+        discard()
         if spilled:
-            discard()
-            log.info("audit_spill_replayed", file=str(self.spill.path), records=len(spilled))
+            log.info("audit_spill_replayed", records=len(spilled))
+
+    def _append_replayed(self, records: list[AuditRecord]) -> None:
+        for start in range(0, len(records), self.settings.batch_max):
+            self.store.append(records[start:start + self.settings.batch_max], self.signer, self.settings.checkpoints,
+                              replay=True)
 
     def _store_failed(self, batch: list[tuple[AuditRecord, asyncio.Future]], error: str) -> None:
+        self._stalled = False  # the hang is over: the store is down, and the writer spills or refuses
         if self._store_down_since is None:
             self._store_down_since = time.monotonic()
             log.error("audit_store_unavailable", error=error)
