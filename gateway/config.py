@@ -10,7 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -166,6 +166,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Model servers to use, in order, when the upstream's breaker is open or "
         "an attempt fails in a retryable way")
     breaker_fail_max: int = Field(5, ge=1, description="Consecutive failures that open a circuit breaker")
+    # 500 is left out by default: model servers answer it for one generation that failed, not for an
+    # outage. Add it for a model server that answers 500 when it is broken as a whole.
+    breaker_failure_statuses: list[Annotated[int, Field(ge=500, le=599)]] = Field(
+        default_factory=lambda: [502, 503, 504],
+        description="Upstream statuses that count against its circuit breaker (5xx only)")
     breaker_reset_timeout_s: float = Field(30.0, gt=0, description="How long a breaker stays open before one "
                                            "trial call")
     upstream_max_retries: int = Field(2, ge=0, description="Most retries of one request (connect errors, 502/503)")

@@ -50,10 +50,8 @@ _NOT_FORWARDED_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"content-encoding"
 
 READY_CACHE_S = 1.0
 
-# Statuses that mean the upstream itself is sick (they count against its breaker). A 500 is left
-# out: model servers answer it for one request that failed (the bundled one's WG6004), not for an outage.
-SICK_STATUSES = frozenset({502, 503, 504})
-# ...and those of them that are answered before the upstream did any work, so a retry is safe.
+# Statuses answered before the upstream did any work, so a retry is safe. Which statuses count
+# against an upstream's breaker is a setting (`breaker_failure_statuses`, default 502/503/504).
 RETRYABLE_STATUSES = frozenset({502, 503})
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
@@ -190,6 +188,7 @@ class UpstreamClient:
         self.max_retries = settings.upstream_max_retries
         self.retry_deadline_s = min(settings.retry_deadline_s, settings.total_timeout_s)
         self.budget = RetryBudget(settings.retry_budget_ratio)
+        self.sick_statuses = frozenset(settings.breaker_failure_statuses)
         self._session: aiohttp.ClientSession | None = None
         self._ready: tuple[float, bool, str] = (0.0, False, "")
 
@@ -293,7 +292,7 @@ class UpstreamClient:
                     except (aiohttp.ClientError, TimeoutError) as exc:
                         outcome = type(exc).__name__
                         raise
-                    if response.status in SICK_STATUSES:
+                    if response.status in self.sick_statuses:
                         outcome = f"http_{response.status}"
                         raise _SickStatus(response)
                 return response

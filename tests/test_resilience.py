@@ -300,3 +300,31 @@ def test_half_open_lets_exactly_one_trial_through():
         assert await outcome(breaker) == "ok"
 
     asyncio.run(scenario())
+
+
+class BrokenUpstream(FakeUpstream):
+    """A model server broken as a whole: HTTP 500 to every chat request."""
+
+    async def _chat(self, request):
+        from aiohttp import web
+
+        self._observe(request)
+        return web.json_response({"error": {"message": "model crashed"}}, status=500)
+
+
+def test_a_primary_answering_500_to_everything_fails_over_when_500_counts(start_gateway, upstream):
+    broken = BrokenUpstream().start()
+    try:
+        # By default a 500 is one failed generation: passed on, not counted, no failover.
+        default = start_gateway("--upstream", broken.url, "--fallback-upstream", upstream.url, "--policy", "none",
+                                env=fast_breakers(fail_max=2))
+        assert [post(default, chat()).status_code for _ in range(4)] == [502] * 4
+        # Counted as the breaker's failures, it opens the breaker and the fallback serves.
+        statuses_setting = {"WARDGATE_BREAKER_FAILURE_STATUSES": "[500, 502, 503, 504]"}
+        counting = start_gateway("--upstream", broken.url, "--fallback-upstream", upstream.url, "--policy", "none",
+                                 env=fast_breakers(fail_max=2, **statuses_setting))
+        statuses = [post(counting, chat()).status_code for _ in range(5)]
+        assert statuses == [502, 502, 200, 200, 200]  # a 500 is not retried: the request may have been processed
+        assert metric(counting, "wardgate_breaker_state", name=f"upstream:{broken.url}") == 2
+    finally:
+        broken.stop()
