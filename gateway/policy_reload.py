@@ -39,6 +39,9 @@ from privacy.audit.writer import AuditUnavailable, AuditWriter
 
 log = structlog.get_logger("wardgate.policy")
 
+# Shadow evaluations run after their responses; this many at once at most, so that they cannot pile up.
+MAX_SHADOW_IN_FLIGHT = 64
+
 
 def prepare(path: Path, breakers: Breakers | None = None) -> Enforcer:
     """An enforcer for the policy file; raises PolicyError (file:line) if it cannot be used."""
@@ -225,8 +228,9 @@ class PolicyManager:
             self.baseline.observe(blocked, failed, inspect_ms)
 
     def spawn_shadow(self, texts: list[str], scope: Scope) -> None:
-        """Run `shadow` in the background: the response has gone, nothing waits for it."""
-        if self.rollout is not None and self.rollout.mode == "shadow":
+        """Run `shadow` in the background: the response has gone, nothing waits for it. Under load
+        that outruns it, requests beyond MAX_SHADOW_IN_FLIGHT evaluations are not shadowed (a sample)."""
+        if self.rollout is not None and self.rollout.mode == "shadow" and len(self._background) < MAX_SHADOW_IN_FLIGHT:
             self._spawn(self.shadow(texts, scope))
 
     async def shadow(self, texts: list[str], scope: Scope) -> None:
