@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> Starlette:
         metrics=metrics,
     )
     routes = build_routes(
-        OpenAIProxy(upstream, settings, policies), Probes(upstream, metrics, breakers),
+        OpenAIProxy(upstream, settings, policies), Probes(upstream, metrics, breakers, audit),
         Authenticator(settings.api_keys), admission, rate_limiter,
     )
     return Starlette(

@@ -44,6 +44,7 @@ from gateway.upstream import (
     response_headers_for_client,
     transport_error,
 )
+from privacy.audit.writer import AuditWriter
 
 # nginx's convention for "client closed the connection first"; only logs and metrics ever see it.
 CLIENT_CLOSED_REQUEST = 499
@@ -211,10 +212,12 @@ def _check_complete_response(status: int, payload: bytes) -> dict | None:
 
 
 class Probes:
-    def __init__(self, upstream: UpstreamClient, metrics: Metrics, breakers: Breakers) -> None:
+    def __init__(self, upstream: UpstreamClient, metrics: Metrics, breakers: Breakers,
+                 audit: AuditWriter | None = None) -> None:
         self.upstream = upstream
         self.metrics = metrics
         self.breakers = breakers
+        self.audit = audit
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -222,8 +225,12 @@ class Probes:
     async def readyz(self, request: Request) -> Response:
         # Not ready while every upstream's breaker is open (readiness() skips open ones).
         ready, detail = await self.upstream.readiness()
-        return JSONResponse({"status": "ready" if ready else "not ready", "upstream": detail,
-                             "breakers": self.breakers.states()}, status_code=200 if ready else 503)
+        body = {"status": "ready" if ready else "not ready", "upstream": detail, "breakers": self.breakers.states()}
+        if self.audit is not None:
+            # Shown, not judged: with `spill` the gateway serves through an audit outage, and a
+            # fail-closed policy answers WG5002 itself.
+            body["audit"] = self.audit.describe()
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics_text(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

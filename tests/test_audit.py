@@ -420,6 +420,9 @@ def test_a_store_outage_fails_closed_or_spills_per_policy(start_gateway, upstrea
     assert_coded_error(chat(fail_closed, "hello"), "WG5002")
     spilled = chat(spilling, "hello while the store is down")
     assert spilled.status_code == 200  # acknowledged: it is in the spill file, fsynced
+    audit_state = httpx.get(spilling.url + "/readyz", timeout=30).json()["audit"]
+    assert (audit_state["store"], audit_state["spilled_waiting"]) == ("down", True)
+    assert audit_state["error"].startswith("audit store postgresql://")
     proxy.restore()
     store = open_store(pg_dsn(pg_schema))
     deadline = 50
@@ -428,6 +431,8 @@ def test_a_store_outage_fails_closed_or_spills_per_policy(start_gateway, upstrea
         deadline -= 1
     assert store.query(AuditFilter(request_id=spilled.headers["x-request-id"]), limit=1)
     answered_once_the_store_is_back(fail_closed)
+    audit_state = httpx.get(spilling.url + "/readyz", timeout=30).json()["audit"]
+    assert (audit_state["store"], audit_state["spilled_waiting"]) == ("up", False)
     proxy.close()
     assert verify(store, []).ok
 

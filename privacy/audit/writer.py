@@ -84,6 +84,11 @@ class SpillFile:
     def path(self) -> Path | None:
         return self._segments[-1][0] if self._segments else None
 
+    @property
+    def waiting(self) -> bool:
+        """Whether spilled records wait for replay."""
+        return bool(self._segments)
+
     def append(self, records: list[AuditRecord]) -> None:
         with self._lock:
             if self._sealed:
@@ -217,6 +222,12 @@ class AuditWriter:
     @property
     def store_up(self) -> bool:
         return self._store_down_since is None
+
+    def describe(self) -> dict:
+        """The store's state as the writer last saw it, for /readyz."""
+        state = "down" if self._store_down_since is not None else "hanging" if self._stalled else "up"
+        return {"store": state, "error": self.last_error if state == "down" else None,
+                "queue_depth": self.queue_depth, "spilled_waiting": self.spill.waiting}
 
     # -- the event loop's side -----------------------------------------------------------------
     async def commit(self, record: AuditRecord) -> None:
