@@ -422,7 +422,7 @@ def test_a_store_outage_fails_closed_or_spills_per_policy(start_gateway, upstrea
     assert spilled.status_code == 200  # acknowledged: it is in the spill file, fsynced
     audit_state = httpx.get(spilling.url + "/readyz", timeout=30).json()["audit"]
     assert (audit_state["store"], audit_state["spilled_waiting"]) == ("down", True)
-    assert audit_state["error"].startswith("audit store postgresql://")
+    assert "error" not in audit_state  # the probe is open to anyone: the error stays in the log
     proxy.restore()
     store = open_store(pg_dsn(pg_schema))
     deadline = 50

@@ -224,10 +224,10 @@ class AuditWriter:
         return self._store_down_since is None
 
     def describe(self) -> dict:
-        """The store's state as the writer last saw it, for /readyz."""
+        """The store's state as the writer last saw it, for /readyz (not its error: the probe is open
+        to anyone, and the error names files and hosts; the log has it)."""
         state = "down" if self._store_down_since is not None else "hanging" if self._stalled else "up"
-        return {"store": state, "error": self.last_error if state == "down" else None,
-                "queue_depth": self.queue_depth, "spilled_waiting": self.spill.waiting}
+        return {"store": state, "queue_depth": self.queue_depth, "spilled_waiting": self.spill.waiting}
 
     # -- the event loop's side -----------------------------------------------------------------
     async def commit(self, record: AuditRecord) -> None:
