@@ -64,7 +64,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -83,7 +82,7 @@ from aiohttp import web
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
-from harness import percentile, progress, ratio, stop, wait_ready  # noqa: E402  (bench/harness.py)
+from harness import free_port, percentile, progress, ratio, stop, wait_ready  # noqa: E402  (bench/harness.py)
 
 from tests.fake_moderation import FakeModeration  # noqa: E402
 from tests.fake_upstream import FakeUpstream  # noqa: E402
@@ -190,12 +189,6 @@ class Servers:
 
 # --------------------------------------------------------------------------
 # Servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_policy(path: Path, moderation_url: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,12 @@ def warn_invalid(results: Mapping[str, Mapping[int, HasErrors]], what: str) -> N
         errors = sum(point.errors for point in points.values())
         if errors:
             print(f"WARNING: {name} had {errors} {what}; its figures are not valid")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

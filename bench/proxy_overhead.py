@@ -72,7 +72,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -83,7 +82,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import progress, stop, warn_invalid  # bench/harness.py, next to this script
+from harness import free_port, progress, stop, warn_invalid  # bench/harness.py, next to this script
 from harness import wait_ready as harness_wait_ready
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -159,12 +158,6 @@ class BenchConfig:
 
 # --------------------------------------------------------------------------
 # Processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def render(template: str, out: Path, **values: str) -> Path:
