@@ -68,7 +68,7 @@ def build_writer(settings: Settings, observer: Any = None) -> AuditWriter:
 
 def note_request(state: dict, parsed: Any) -> None:
     state["model"] = getattr(parsed, "model", None)
-    state["prompt_text"] = "\n\n".join(parsed.texts())
+    state["input_texts"] = parsed.texts()  # what the input stages inspect, and the prompt the audit keeps
     user = (parsed.model_extra or {}).get("user")
     if isinstance(user, str) and user:
         state["subject"] = user
@@ -89,10 +89,9 @@ def note_usage(state: dict, document: dict) -> None:
 
 def note_stream(state: dict, text: str, events: list[bytes]) -> None:
     """A streamed completion's text as it passes, and its usage if the upstream reports it."""
-    if text:
-        parts = state.setdefault("completion_parts", [])
-        if sum(map(len, parts)) < MAX_STORED_CHARS:
-            parts.append(text)
+    if text and state.get("completion_chars", 0) < MAX_STORED_CHARS:
+        state.setdefault("completion_parts", []).append(text)
+        state["completion_chars"] = state.get("completion_chars", 0) + len(text)
     for event in events:
         if b'"usage"' in event:
             for line in event.splitlines():
@@ -173,7 +172,8 @@ def request_record(scope: Scope, status: int, elapsed_s: float, known_route: boo
     if completion is None and "completion_parts" in state:
         completion = "".join(state["completion_parts"])
     truncated = []
-    for role, text in (("prompt", state.get("prompt_text")), ("completion", completion)):
+    prompt = "\n\n".join(state["input_texts"]) if "input_texts" in state else None
+    for role, text in (("prompt", prompt), ("completion", completion)):
         if not text:
             continue
         if len(text) > MAX_STORED_CHARS:

@@ -17,6 +17,7 @@ new version is promoted (canary, shadow) or simply kept (direct).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import time
 from collections import deque
@@ -37,36 +38,45 @@ class GuardRails:
     max_p99_inspect_ms: float = 250.0
 
 
-@dataclass
 class VersionStats:
-    """The most recent outcomes of one policy version (blocked, failed, inspection ms)."""
+    """The most recent outcomes of one policy version (blocked, failed, inspection ms). Judged after
+    every request of a trial, so the rates and the p99 are kept up to date as outcomes come and go
+    instead of being recomputed over the whole window each time."""
 
-    outcomes: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    def __init__(self) -> None:
+        self.outcomes: deque[tuple[bool, bool, float]] = deque()
+        self.blocked = 0
+        self.failed = 0
+        self.sorted_ms: list[float] = []
 
     def observe(self, blocked: bool, failed: bool, inspect_ms: float) -> None:
+        if len(self.outcomes) == WINDOW:
+            old_blocked, old_failed, old_ms = self.outcomes.popleft()
+            self.blocked -= old_blocked
+            self.failed -= old_failed
+            del self.sorted_ms[bisect.bisect_left(self.sorted_ms, old_ms)]
         self.outcomes.append((blocked, failed, inspect_ms))
+        self.blocked += blocked
+        self.failed += failed
+        bisect.insort(self.sorted_ms, inspect_ms)
 
     @property
     def requests(self) -> int:
         return len(self.outcomes)
 
-    def rate(self, index: int) -> float:
-        return sum(outcome[index] for outcome in self.outcomes) / len(self.outcomes) if self.outcomes else 0.0
-
     @property
     def block_rate(self) -> float:
-        return self.rate(0)
+        return self.blocked / len(self.outcomes) if self.outcomes else 0.0
 
     @property
     def error_rate(self) -> float:
-        return self.rate(1)
+        return self.failed / len(self.outcomes) if self.outcomes else 0.0
 
     @property
     def p99_inspect_ms(self) -> float:
-        if not self.outcomes:
+        if not self.sorted_ms:
             return 0.0
-        ordered = sorted(outcome[2] for outcome in self.outcomes)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        return self.sorted_ms[min(len(self.sorted_ms) - 1, int(len(self.sorted_ms) * 0.99))]
 
 
 def breach(candidate: VersionStats, baseline: VersionStats | None, rails: GuardRails) -> str | None:

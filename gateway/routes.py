@@ -136,8 +136,7 @@ class OpenAIProxy:
             if enforcer is not None:
                 scope["state"]["policy_version"] = enforcer.policy.version
                 scope["state"]["policy_digest"] = enforcer.digest
-                scope["state"]["input_texts"] = texts = parsed.texts()
-                verdict, body = await enforcer.check_request(texts, body, scope)
+                verdict, body = await enforcer.check_request(scope["state"]["input_texts"], body, scope)
                 if verdict.action == "block":  # on_block: refusal
                     return refusal_response(parsed, enforcer.policy.on_block.message)
                 inspect_output = request_model is not EmbeddingRequest

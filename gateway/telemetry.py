@@ -197,6 +197,7 @@ class Metrics:
 
         # labels() validates and locks on every call; the label sets are few, so keep the children.
         self._by_route_status: dict[tuple[str, int], tuple[Counter, Histogram, Histogram]] = {}
+        self._decisions: dict[tuple[str, str, str, str], Counter] = {}
 
     def record_request(self, route: str, status: int, elapsed_s: float, upstream_s: float | None,
                        error_code: str | None) -> None:
@@ -218,7 +219,11 @@ class Metrics:
 
     def record_inspection(self, verdicts: dict, stage_ms: dict) -> None:
         for direction, verdict in verdicts.items():
-            self.decisions.labels(direction, verdict.action, verdict.category or "", verdict.rule_id or "").inc()
+            key = (direction, verdict.action, verdict.category or "", verdict.rule_id or "")
+            decision = self._decisions.get(key)
+            if decision is None:  # rule ids come from policies: a bounded set, like routes and statuses
+                decision = self._decisions[key] = self.decisions.labels(*key)
+            decision.inc()
             if verdict.bypass is not None:
                 self.moderation_bypass.labels(direction, verdict.bypass.outcome).inc()
         for direction, stages in stage_ms.items():
