@@ -53,11 +53,15 @@ def audit_signer(settings: Settings, create: bool = True) -> Signer:
     return HmacSigner(hmac_key_from_file(settings.audit_hmac_key_path, create=create))
 
 
+def checkpoint_policy(settings: Settings) -> CheckpointPolicy:
+    return CheckpointPolicy(settings.audit_checkpoint_every, settings.audit_checkpoint_interval_s)
+
+
 def build_writer(settings: Settings, observer: Any = None) -> AuditWriter:
     writer_settings = WriterSettings(
         queue_size=settings.audit_queue_size,
         batch_max=settings.audit_batch_max,
-        checkpoints=CheckpointPolicy(settings.audit_checkpoint_every, settings.audit_checkpoint_interval_s),
+        checkpoints=checkpoint_policy(settings),
         commit_timeout_s=settings.audit_commit_timeout_s,
     )
     return AuditWriter(audit_store(settings), audit_signer(settings), settings.state_dir / "audit-spill",

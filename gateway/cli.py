@@ -388,17 +388,17 @@ def _record_admin_event(settings: Settings, event: str, **fields: object) -> Non
     way: a log that cannot take it is reported on stderr, not fatal."""
     if not settings.audit_enabled:
         return
-    from gateway.audit_trail import audit_signer, audit_store
+    from gateway.audit_trail import audit_signer, audit_store, checkpoint_policy
     from privacy.audit.record import new_record
     from privacy.audit.signing import SigningError
-    from privacy.audit.store import CheckpointPolicy, StoreError
+    from privacy.audit.store import StoreError
 
     try:
         store = audit_store(settings)
         try:
             store.migrate()
             store.append([new_record("event", event=event, **fields)], audit_signer(settings),
-                         CheckpointPolicy(settings.audit_checkpoint_every, settings.audit_checkpoint_interval_s))
+                         checkpoint_policy(settings))
         finally:
             store.close()
     except (StoreError, SigningError) as exc:
@@ -970,8 +970,7 @@ def audit_erase(config_file: Path | None, state_dir: Path | None, audit_dsn: str
 
     Removes the subject's stored prompts and completions (records and digests stay, so the chain still
     verifies) and records the erasure as an audit event."""
-    from gateway.audit_trail import audit_signer
-    from privacy.audit.store import CheckpointPolicy
+    from gateway.audit_trail import audit_signer, checkpoint_policy
 
     with _audit_errors(), _opened_audit_store(config_file, state_dir, audit_dsn) as (settings, store):
         if not subject:
@@ -980,8 +979,7 @@ def audit_erase(config_file: Path | None, state_dir: Path | None, audit_dsn: str
         if not yes:
             click.confirm(f"Erase every stored prompt and completion of subject {subject!r}?", abort=True)
         # One transaction: the texts go and the erasure event is chained, or neither happens.
-        removed, seq = store.erase_subject(subject, signer, CheckpointPolicy(settings.audit_checkpoint_every,
-                                                                             settings.audit_checkpoint_interval_s))
+        removed, seq = store.erase_subject(subject, signer, checkpoint_policy(settings))
     click.echo(f"erased {removed} stored texts of the subject; the erasure is audit record seq {seq}")
 
 
