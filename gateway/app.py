@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from classifiers.deployment import ClassifierDeployment
 from filters.moderation_hook import close_sessions as close_moderation_sessions
 from gateway.audit_trail import build_writer
 from gateway.auth import Authenticator
@@ -66,7 +67,8 @@ def create_app(settings: Settings) -> Starlette:
         rails = GuardRails(settings.rollout_watch_s, settings.rollout_min_requests, settings.guard_max_error_rate,
                            settings.guard_max_block_rate_increase, settings.guard_max_p99_inspect_ms)
         policies = PolicyManager(path, metrics, PolicyHistory(settings.policy_history_path), settings.policy_poll_s,
-                                 audit, settings.rollout_mode, settings.rollout_canary_share, rails, breakers)
+                                 audit, settings.rollout_mode, settings.rollout_canary_share, rails, breakers,
+                                 ClassifierDeployment(settings.state_dir))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

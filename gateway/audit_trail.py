@@ -158,6 +158,7 @@ def request_record(scope: Scope, status: int, elapsed_s: float, known_route: boo
         model=state.get("model"),
         policy_version=state.get("policy_version"),
         policy_digest=state.get("policy_digest"),
+        classifier_digest=state.get("classifier_digest"),
         decision=decision,
         category=deciding.category if deciding is not None else None,
         rule_id=deciding.rule_id if deciding is not None else None,

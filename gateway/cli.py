@@ -64,7 +64,7 @@ def serve(config_file: Path | None, **options: object) -> None:
 
     path = policy_path(settings.policy)
     if path is not None:
-        _check_policy_or_exit(path)  # refuse a broken policy before starting anything
+        _check_policy_or_exit(path, settings)  # refuse a broken policy before starting anything
     if settings.audit_enabled:
         _check_audit_or_exit(settings)
     bundled = None
@@ -86,14 +86,15 @@ def serve(config_file: Path | None, **options: object) -> None:
             stop(bundled)
 
 
-def _check_policy_or_exit(path: Path) -> None:
+def _check_policy_or_exit(path: Path, settings: Settings) -> None:
     import asyncio
 
+    from classifiers.deployment import ClassifierDeployment
     from gateway.policy_reload import failed_golden_tests, prepare
     from policies.schema import PolicyError
 
     try:
-        failures = asyncio.run(failed_golden_tests(prepare(path)))
+        failures = asyncio.run(failed_golden_tests(prepare(path, None, ClassifierDeployment(settings.state_dir))))
     except PolicyError as exc:
         click.echo(f"wardgate: invalid policy:\n{exc}", err=True)
         sys.exit(2)
@@ -533,6 +534,87 @@ def classifier_train(out: Path, data_dir: Path | None, mode: str, epochs: float,
         if isinstance(value, dict) and "auprc" in value:
             click.echo(f"{key:<22} AUPRC {value['auprc']:.3f}  F1 {value['f1']:.3f}  FPR {value['fpr']:.3f}")
     click.echo(f"artifact: {out / 'artifact'} ({report['steps']}/{report['total_steps']} steps)")
+
+
+def _deployment(config_file: Path | None, state_dir: Path | None):
+    from classifiers.deployment import ClassifierDeployment
+
+    settings = _settings_or_exit(config_file, {"state_dir": state_dir})
+    return settings, ClassifierDeployment(settings.state_dir)
+
+
+@classifier.command("activate")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_CONFIG_OPTION
+@_STATE_DIR_OPTION
+@click.option("--reason", default="activated by `wardgate classifier activate`", show_default=True)
+def classifier_activate(directory: Path, config_file: Path | None, state_dir: Path | None, reason: str) -> None:
+    """Make the artifact in DIRECTORY the classifier that policies naming `model: builtin` use. It is
+    loaded and scored once here; a running gateway then runs the policy's golden tests with it and puts
+    it through its rollout (direct, canary or shadow under guard rails), rolling it back on a breach."""
+    from classifiers.labels import ClassifierError
+    from classifiers.runtime import RiskClassifier
+
+    settings, deployment = _deployment(config_file, state_dir)
+    try:
+        RiskClassifier.load(directory).score(["hello", "你好"])  # loads and scores, or says why not
+        deployed = deployment.activate(directory, reason)
+    except (ClassifierError, OSError) as exc:
+        click.echo(f"wardgate: cannot activate {directory}: {exc}", err=True)
+        sys.exit(2)
+    _record_admin_event(settings, "classifier_activated", classifier_digest=deployed.digest,
+                        source=deployed.source, reason=reason, model_card=_privacy_report(directory))
+    click.echo(f"activated classifier {deployed.digest[:16]} (from {deployed.source}); a running gateway "
+               "picks it up within its poll interval (see GET /admin/policy)")
+
+
+def _privacy_report(directory: Path) -> dict | None:
+    """The DP training report an artifact carries in its config, if any: it goes into the audit event."""
+    from classifiers.artifact import read_config
+
+    return read_config(directory).metrics.get("privacy")
+
+
+@classifier.command("rollback")
+@click.option("--to", "target", metavar="DIGEST|shipped",
+              help="An earlier activated digest (a prefix will do) or `shipped` "
+                   "(default: the one before the active one).")
+@_CONFIG_OPTION
+@_STATE_DIR_OPTION
+def classifier_rollback(target: str | None, config_file: Path | None, state_dir: Path | None) -> None:
+    """Make an earlier classifier the active one again; a running gateway rolls it out like any change."""
+    from classifiers.deployment import SHIPPED
+    from classifiers.labels import ClassifierError
+
+    settings, deployment = _deployment(config_file, state_dir)
+    try:
+        target = target or deployment.previous()
+        restored = deployment.restore(target, "restored by `wardgate classifier rollback`")
+    except (ClassifierError, OSError) as exc:
+        click.echo(f"wardgate: {exc}", err=True)
+        sys.exit(2)
+    digest = restored.digest if restored is not None else SHIPPED
+    _record_admin_event(settings, "classifier_rolled_back", classifier_digest=digest,
+                        reason="`wardgate classifier rollback`")
+    click.echo(f"active classifier: {digest[:16]}; a running gateway picks it up within its poll interval")
+
+
+@classifier.command("deployed")
+@_CONFIG_OPTION
+@_STATE_DIR_OPTION
+def classifier_deployed(config_file: Path | None, state_dir: Path | None) -> None:
+    """Show the active classifier and the activations and rollbacks before it, newest first."""
+    from classifiers.labels import ClassifierError
+
+    _, deployment = _deployment(config_file, state_dir)
+    try:
+        active = deployment.active()
+    except ClassifierError as exc:
+        click.echo(f"wardgate: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"active: {active.digest[:16]} from {active.source}" if active else "active: shipped")
+    for event in reversed(deployment.history()):
+        click.echo(f"{_utc(event.at)}  {event.event:<11}  {event.digest[:16]:<16}  {event.reason}")
 
 
 @main.group()

@@ -37,6 +37,10 @@ class Enforcer:
         self.policy = pipeline.policy
         self.pipeline = pipeline
         self.digest = policy_digest(pipeline.policy)
+        deployed = pipeline.deployed_classifier
+        self.classifier_digest = deployed.digest if deployed is not None else None
+        # What a rollout tells apart: the policy's bytes and the activated classifier it uses.
+        self.version_key = self.digest if deployed is None else f"{self.digest}+{deployed.digest[:16]}"
 
     async def verdicts(self, texts: list[str], scope: Scope, direction: Direction) -> list[Verdict]:
         state = scope["state"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from classifiers.deployment import DeployedClassifier
 from classifiers.labels import ClassifierError
 from filters.blacklist import Blacklist, Rule, RuleError
 from filters.moderation_hook import HookConfig, ModerationClient, ModerationConfigError, ModerationUnavailable
@@ -102,10 +103,10 @@ class ClassifierInspector:
     name = "classifier"
     expensive = True  # a stream runs it once per hold-back window, not at every event
 
-    def __init__(self, stage: ClassifierStage) -> None:
+    def __init__(self, stage: ClassifierStage, model: str) -> None:
         from classifiers.registry import shared_batcher  # torch loads only where a policy uses the classifier
 
-        self.batcher = shared_batcher(stage.model, stage.quantize)
+        self.batcher = shared_batcher(model, stage.quantize)
         self.block = stage.block
         self.flag = stage.flag
 
@@ -192,21 +193,14 @@ def _redacted(text: str, spans: list[tuple[int, int]], mask: str) -> str:
     return "".join(pieces) + text[cursor:]
 
 
-def _inspector(stage: Stage, breakers: Breakers | None) -> Inspector:
-    if isinstance(stage, BlacklistStage):
-        return BlacklistInspector(stage)
-    if isinstance(stage, ClassifierStage):
-        return ClassifierInspector(stage)
-    if isinstance(stage, ModerationStage):
-        # One breaker per service, shared by every stage and policy version that calls it.
-        return ModerationInspector(stage, breakers.get(f"moderation:{stage.url}") if breakers is not None else None)
-    raise TypeError(f"no inspector for stage {stage!r}")
-
-
 class Pipeline:
-    def __init__(self, policy: Policy, breakers: Breakers | None = None) -> None:
+    def __init__(self, policy: Policy, breakers: Breakers | None = None,
+                 deployed: DeployedClassifier | None = None) -> None:
+        """`deployed`: the classifier this deployment activated, which stages naming `builtin` use
+        (None: the shipped one)."""
         self.policy = policy
         self.breakers = breakers
+        self.deployed = deployed
         # Compiled once per stage list (the default's and each override's), not per request.
         self._compiled: dict[int, list[Inspector]] = {}
         # The same, cut into the runs that inspect_each awaits together, per `stages` choice.
@@ -216,7 +210,7 @@ class Pipeline:
         stages = self.policy.stages_for(ctx.direction, ctx.tenant, ctx.route)
         key = id(stages)
         if key not in self._compiled:
-            self._compiled[key] = [_inspector(stage, self.breakers) for stage in stages]
+            self._compiled[key] = [self._inspector(stage) for stage in stages]
         return self._compiled[key]
 
     def compile_all(self) -> None:
@@ -224,7 +218,28 @@ class Pipeline:
         compiled raises RuleError here, before the policy is activated, and no request pays for it."""
         for _, stages in self.policy.stage_lists():
             if id(stages) not in self._compiled:
-                self._compiled[id(stages)] = [_inspector(stage, self.breakers) for stage in stages]
+                self._compiled[id(stages)] = [self._inspector(stage) for stage in stages]
+
+    def _inspector(self, stage: Stage) -> Inspector:
+        if isinstance(stage, BlacklistStage):
+            return BlacklistInspector(stage)
+        if isinstance(stage, ClassifierStage):
+            deployed = self.deployed if stage.model == "builtin" else None
+            return ClassifierInspector(stage, deployed.path if deployed is not None else stage.model)
+        if isinstance(stage, ModerationStage):
+            # One breaker per service, shared by every stage and policy version that calls it.
+            breaker = self.breakers.get(f"moderation:{stage.url}") if self.breakers is not None else None
+            return ModerationInspector(stage, breaker)
+        raise TypeError(f"no inspector for stage {stage!r}")
+
+    @property
+    def deployed_classifier(self) -> DeployedClassifier | None:
+        """The activated classifier if any stage of the policy uses it."""
+        if self.deployed is None:
+            return None
+        uses_builtin = any(isinstance(stage, ClassifierStage) and stage.model == "builtin"
+                           for _, stages in self.policy.stage_lists() for stage in stages)
+        return self.deployed if uses_builtin else None
 
     def slow_patterns(self) -> list[tuple[str, str]]:
         """(rule id, regex) of every compiled regex that has no literal atom and runs on every text."""
@@ -374,11 +389,13 @@ def golden_failures(results: list[GoldenResult], policy: Policy) -> list[str]:
             f"expected {result.expected}, got {result.got}: {result.test.text[:60]!r}" for index, result in failed]
 
 
-def load_pipeline(path: Path, breakers: Breakers | None = None) -> Pipeline:
+def load_pipeline(path: Path, breakers: Breakers | None = None,
+                  deployed: DeployedClassifier | None = None) -> Pipeline:
     """Load, validate and compile a policy file (CPU-bound: keep it off the event loop).
     Raises PolicyError, worded `file:line: ...` (or `file: rule ...` for a rule that cannot compile).
-    `breakers`: the gateway's circuit breakers, for the stages that call a service (none in the CLI)."""
-    pipeline = Pipeline(load_policy(path), breakers)
+    `breakers`: the gateway's circuit breakers, for the stages that call a service (none in the CLI);
+    `deployed`: the classifier that `builtin` means here (None: the shipped one)."""
+    pipeline = Pipeline(load_policy(path), breakers, deployed)
     try:
         pipeline.compile_all()
     except (RuleError, ClassifierError, ModerationConfigError) as exc:

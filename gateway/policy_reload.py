@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from classifiers.deployment import ClassifierDeployment
+from classifiers.labels import ClassifierError
 from gateway.auth import Authenticator
 from gateway.breakers import Breakers
 from gateway.enforcement import Enforcer
@@ -43,9 +45,20 @@ log = structlog.get_logger("wardgate.policy")
 MAX_SHADOW_IN_FLIGHT = 64
 
 
-def prepare(path: Path, breakers: Breakers | None = None) -> Enforcer:
-    """An enforcer for the policy file; raises PolicyError (file:line) if it cannot be used."""
-    return Enforcer(load_pipeline(path, breakers))
+def prepare(path: Path, breakers: Breakers | None = None, classifiers: ClassifierDeployment | None = None) -> Enforcer:
+    """An enforcer for the policy file, with the classifier the deployment has activated; raises
+    PolicyError (file:line) if it cannot be used."""
+    try:
+        deployed = classifiers.active() if classifiers is not None else None
+    except ClassifierError as exc:
+        raise PolicyError(str(exc)) from None
+    return Enforcer(load_pipeline(path, breakers, deployed))
+
+
+def changed_part(new: Enforcer, old: Enforcer) -> str:
+    """What a new version changes, for the names of its events: `policy` (its files, perhaps with the
+    classifier) or `classifier` alone."""
+    return "classifier" if new.digest == old.digest else "policy"
 
 
 async def failed_golden_tests(enforcer: Enforcer) -> list[str]:
@@ -60,13 +73,15 @@ class ActivePolicy:
 
     @property
     def digest(self) -> str:
-        return self.enforcer.digest
+        """The version's identity in a rollout: its policy files and the activated classifier it uses."""
+        return self.enforcer.version_key
 
     def describe(self) -> dict:
         policy = self.enforcer.policy
         return {
             "version": policy.version,
-            "digest": self.digest,
+            "digest": self.enforcer.digest,
+            "classifier_digest": self.enforcer.classifier_digest,
             "files": [str(path) for path in policy.source_files],
             "activated_at": _iso(self.activated_at),
             "golden_tests": len(policy.tests),
@@ -92,9 +107,11 @@ class PolicyManager:
     def __init__(self, path: Path, metrics: Metrics, history: PolicyHistory | None, poll_s: float,
                  audit: AuditWriter | None = None, rollout_mode: RolloutMode = "direct",
                  canary_share: float = 0.1, rails: GuardRails | None = None,
-                 breakers: Breakers | None = None) -> None:
-        """Loads `path` now; raises PolicyError if it cannot be used (the gateway must not start)."""
+                 breakers: Breakers | None = None, classifiers: ClassifierDeployment | None = None) -> None:
+        """Loads `path` now; raises PolicyError if it cannot be used (the gateway must not start).
+        `classifiers`: the deployment whose activated classifier `builtin` means, watched like the files."""
         self.path = path
+        self.classifiers = classifiers
         self.metrics = metrics
         self.history = history
         self.audit = audit
@@ -111,13 +128,13 @@ class PolicyManager:
         self.previous_baseline: VersionStats | None = None
         self._background: set[asyncio.Task] = set()
         self.poll_s = poll_s
-        enforcer = prepare(path, breakers)
+        enforcer = prepare(path, breakers, classifiers)
         self.active = ActivePolicy(enforcer, time.time())
         self.last_refusal: Refusal | None = None
         self.history_error: str | None = None
         self._seen = self._fingerprint()
         self._watcher: asyncio.Task | None = None
-        metrics.set_active_policy(enforcer.policy.version, self.active.digest)
+        metrics.set_active_policy(enforcer.policy.version, enforcer.digest)
 
     @property
     def enforcer(self) -> Enforcer:
@@ -141,7 +158,8 @@ class PolicyManager:
     def _fingerprint(self) -> tuple:
         """What `stat()` says about each watched file: any edit, replacement or removal changes it."""
         fingerprint = []
-        for path in (self.path, *self.active.enforcer.policy.source_files[1:]):
+        watched = (self.path, *self.active.enforcer.policy.source_files[1:])
+        for path in watched + ((self.classifiers.pointer,) if self.classifiers is not None else ()):
             try:
                 stat = os.stat(path)
             except OSError:
@@ -170,38 +188,45 @@ class PolicyManager:
     async def reload(self) -> bool:
         """Try the policy file as it is now; True if it became active."""
         try:
-            enforcer = await asyncio.to_thread(prepare, self.path, self.breakers)
+            enforcer = await asyncio.to_thread(prepare, self.path, self.breakers, self.classifiers)
         except PolicyError as exc:
             await self._refuse(str(exc), None)
             return False
-        digest = enforcer.digest
-        if digest == self.active.digest:
+        if enforcer.version_key == self.active.digest:
             return False  # touched or rewritten with the same content
+        # Golden tests run with the classifier the version uses: they gate a new classifier too.
+        part = changed_part(enforcer, self.active.enforcer)
         failures = await failed_golden_tests(enforcer)
         if failures:
-            await self._refuse("\n".join(failures), digest)
+            await self._refuse("\n".join(failures), enforcer.digest, enforcer.classifier_digest)
+            if part == "classifier" and self.classifiers is not None:  # else a restart would refuse to start
+                await self._point_classifier_back(self.active.enforcer.classifier_digest, "failed golden tests")
             return False
-        self.rollout = Rollout(digest, self.rollout_mode, self.canary_share)
+        reason = "file changed" if part == "policy" else "classifier activated"
+        self.rollout = Rollout(enforcer.version_key, self.rollout_mode, self.canary_share)
         if self.rollout_mode != "direct":  # on trial beside the active version
             self.candidate = ActivePolicy(enforcer, time.time())
-            log.info("policy_trial_started", mode=self.rollout_mode, version=enforcer.policy.version, digest=digest,
+            log.info(f"{part}_trial_started", mode=self.rollout_mode, version=enforcer.policy.version,
+                     digest=enforcer.digest, classifier_digest=enforcer.classifier_digest,
                      running_version=self.active.enforcer.policy.version)
-            await self._audit_event(f"policy_{self.rollout_mode}_started", enforcer, reason="file changed",
+            await self._audit_event(f"{part}_{self.rollout_mode}_started", enforcer, reason=reason,
                                     running_version=self.active.enforcer.policy.version)
             return True
-        await self._activate(enforcer, "file changed")
+        await self._activate(enforcer, reason)
         return True
 
     async def _activate(self, enforcer: Enforcer, reason: str) -> None:
         previous = self.active.enforcer.policy.version
+        part = changed_part(enforcer, self.active.enforcer)
         self.previous, self.active = self.active, ActivePolicy(enforcer, time.time())
         self.previous_baseline, self.baseline = self.baseline, VersionStats()
         self.metrics.set_active_policy(enforcer.policy.version, enforcer.digest)
         self.metrics.policy_reloads.labels("activated").inc()
-        log.info("policy_activated", path=str(self.path), version=enforcer.policy.version, digest=enforcer.digest,
-                 previous_version=previous, reason=reason)
-        await self._write_history("record_activation", enforcer.policy, "activated", reason)
-        await self._audit_event("policy_activated", enforcer, reason=reason, previous_version=previous)
+        log.info(f"{part}_activated", path=str(self.path), version=enforcer.policy.version, digest=enforcer.digest,
+                 classifier_digest=enforcer.classifier_digest, previous_version=previous, reason=reason)
+        if part == "policy":  # the policy history keeps policy files; classifiers have their own
+            await self._write_history("record_activation", enforcer.policy, "activated", reason)
+        await self._audit_event(f"{part}_activated", enforcer, reason=reason, previous_version=previous)
 
     # -- rollout -----------------------------------------------------------------------------------
     def enforcer_for(self, request_id: str) -> Enforcer:
@@ -213,7 +238,7 @@ class PolicyManager:
 
     def observe(self, state: dict) -> None:
         """One request's outcome, counted for the version that handled it; judges a trial."""
-        digest = state.get("policy_digest")
+        digest = state.get("version_key")
         if digest is None:
             return
         verdicts = state.get("verdicts", {})
@@ -277,16 +302,32 @@ class PolicyManager:
                 return
             self.active, self.previous = restored, None
             self.baseline, self.previous_baseline = self.previous_baseline or VersionStats(), None
-            self.metrics.set_active_policy(restored.enforcer.policy.version, restored.digest)
+            self.metrics.set_active_policy(restored.enforcer.policy.version, restored.enforcer.digest)
         else:
             bad, restored, self.candidate = self.candidate, self.active, None
+        part = changed_part(bad.enforcer, restored.enforcer)
         self.metrics.policy_rollbacks.labels(rollout.mode).inc()
-        log.warning("policy_rolled_back", version=bad.enforcer.policy.version, digest=bad.digest, mode=rollout.mode,
-                    reason=problem, restored_version=restored.enforcer.policy.version, trial=rollout.describe())
-        await self._write_history("record_activation", restored.enforcer.policy, "rollback", f"automatic: {problem}")
-        await self._audit_event("policy_rolled_back", restored.enforcer, reason=f"automatic: {problem}",
-                                rolled_back_version=bad.enforcer.policy.version, rolled_back_digest=bad.digest,
-                                trial=rollout.describe())
+        log.warning(f"{part}_rolled_back", version=bad.enforcer.policy.version, digest=bad.enforcer.digest,
+                    classifier_digest=bad.enforcer.classifier_digest, mode=rollout.mode, reason=problem,
+                    restored_version=restored.enforcer.policy.version, trial=rollout.describe())
+        reason = f"automatic: {problem}"
+        if part == "policy":
+            await self._write_history("record_activation", restored.enforcer.policy, "rollback", reason)
+        elif self.classifiers is not None:
+            await self._point_classifier_back(restored.enforcer.classifier_digest, reason)
+        await self._audit_event(f"{part}_rolled_back", restored.enforcer, reason=reason,
+                                rolled_back_version=bad.enforcer.policy.version,
+                                rolled_back_digest=bad.enforcer.digest,
+                                rolled_back_classifier_digest=bad.enforcer.classifier_digest, trial=rollout.describe())
+
+    async def _point_classifier_back(self, digest: str | None, reason: str) -> None:
+        """Make the deployment name the restored classifier again, so that a restart does not bring
+        back the one that breached; the watcher is told it has seen the change."""
+        try:
+            await asyncio.to_thread(self.classifiers.restore, digest, reason)
+        except (ClassifierError, OSError) as exc:
+            log.error("classifier_pointer_not_restored", error=str(exc), pointer=str(self.classifiers.pointer))
+        self._seen = self._fingerprint()
 
     async def _conclude(self, rollout: Rollout) -> None:
         """The watch ended without a breach: a canary or shadow version takes over."""
@@ -295,13 +336,14 @@ class PolicyManager:
         candidate, self.candidate = self.candidate, None
         await self._activate(candidate.enforcer, f"{rollout.mode} passed its guard rails")
 
-    async def _refuse(self, reason: str, digest: str | None) -> None:
+    async def _refuse(self, reason: str, digest: str | None, classifier_digest: str | None = None) -> None:
         self.last_refusal = Refusal(time.time(), str(self.path), reason, digest)
         self.metrics.policy_reloads.labels("refused").inc()
         log.warning("policy_refused", path=str(self.path), reason=reason,
                     running_version=self.active.enforcer.policy.version)
         await self._write_history("record_refusal", self.path, reason, digest)
         await self._audit_event("policy_refused", None, reason=reason, refused_digest=digest,
+                                refused_classifier_digest=classifier_digest,
                                 running_version=self.active.enforcer.policy.version)
 
     async def _audit_event(self, event: str, enforcer: Enforcer | None, **fields: object) -> None:
@@ -310,7 +352,8 @@ class PolicyManager:
         if self.audit is None:
             return
         if enforcer is not None:
-            fields.update(policy_version=enforcer.policy.version, policy_digest=enforcer.digest)
+            fields.update(policy_version=enforcer.policy.version, policy_digest=enforcer.digest,
+                          classifier_digest=enforcer.classifier_digest)
         try:
             await self.audit.commit(new_record("event", event=event, policy_path=str(self.path), **fields))
         except AuditUnavailable as exc:

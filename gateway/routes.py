@@ -136,6 +136,8 @@ class OpenAIProxy:
             if enforcer is not None:
                 scope["state"]["policy_version"] = enforcer.policy.version
                 scope["state"]["policy_digest"] = enforcer.digest
+                scope["state"]["classifier_digest"] = enforcer.classifier_digest
+                scope["state"]["version_key"] = enforcer.version_key
                 verdict, body = await enforcer.check_request(scope["state"]["input_texts"], body, scope)
                 if verdict.action == "block":  # on_block: refusal
                     return refusal_response(parsed, enforcer.policy.on_block.message)
