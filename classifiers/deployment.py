@@ -100,7 +100,7 @@ class ClassifierDeployment:
                 raise ClassifierError(f"{source}: the artifact changed while it was being copied; try again")
             os.replace(staging, target)
         deployed = DeployedClassifier(digest, str(target.resolve()), str(source.resolve()), time.time(), reason)
-        self._point_at(deployed, "activated")
+        self._point_at(deployed, "activated", reason)
         return deployed
 
     def restore(self, digest: str | None, reason: str) -> DeployedClassifier | None:
@@ -117,7 +117,7 @@ class ClassifierDeployment:
         full = artifact_digest(matches[0])
         source = next((event.source for event in reversed(self.history()) if event.digest == full), None)
         deployed = DeployedClassifier(full, str(matches[0].resolve()), source or str(matches[0]), time.time(), reason)
-        self._point_at(deployed, "rolled_back")
+        self._point_at(deployed, "rolled_back", reason)
         return deployed
 
     def previous(self) -> str:
@@ -142,13 +142,12 @@ class ClassifierDeployment:
                 continue  # a line cut short by a crash mid-append: the pointer, not the history, decides
         return events
 
-    def _point_at(self, deployed: DeployedClassifier | None, event: str, reason: str | None = None) -> None:
+    def _point_at(self, deployed: DeployedClassifier | None, event: str, reason: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         temporary = self.pointer.with_name(f".active.json.{os.getpid()}")
         temporary.write_text(json.dumps(asdict(deployed) if deployed is not None else None), encoding="utf-8")
         os.replace(temporary, self.pointer)
         line = DeploymentEvent(time.time(), event, deployed.digest if deployed else SHIPPED,
-                               deployed.source if deployed else None,
-                               reason if reason is not None else deployed.reason if deployed else "")
+                               deployed.source if deployed else None, reason)
         with self.history_path.open("a", encoding="utf-8") as history:
             history.write(json.dumps(asdict(line), ensure_ascii=False) + "\n")
