@@ -5,9 +5,19 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.wardgate-installed
 
-.PHONY: setup run test bench-proxy docs
+.PHONY: setup deploy-tools run test bench-proxy docs
 
-setup: $(STAMP)
+setup: $(STAMP) deploy-tools
+
+# tests/test_deploy.py checks deploy/ with promtool (Debian's prometheus package) and nginx: installed
+# when missing (as root); the services the packages may start are stopped, only the binaries are wanted.
+deploy-tools:
+	@command -v promtool >/dev/null && command -v nginx >/dev/null || { \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus nginx && \
+		for service in prometheus nginx; do \
+			systemctl disable --now $$service >/dev/null 2>&1 || service $$service stop >/dev/null 2>&1 || true; \
+		done; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
