@@ -21,7 +21,7 @@ from starlette.types import Message, Scope, Send
 
 from gateway.config import Settings
 from gateway.errors import AUDIT_UNAVAILABLE, GatewayError
-from gateway.openai_schema import completion_texts
+from gateway.openai_schema import completion_texts, stream_event_text
 from gateway.pipeline import SEVERITY, Verdict
 from policies.schema import AuditSettings
 from privacy.audit.record import AuditRecord, new_record, retain_text
@@ -63,6 +63,8 @@ def build_writer(settings: Settings, observer: Any = None) -> AuditWriter:
         batch_max=settings.audit_batch_max,
         checkpoints=checkpoint_policy(settings),
         commit_timeout_s=settings.audit_commit_timeout_s,
+        breaker_fail_max=settings.audit_breaker_fail_max,
+        breaker_reset_s=settings.audit_breaker_reset_s,
     )
     return AuditWriter(audit_store(settings), audit_signer(settings), settings.state_dir / "audit-spill",
                        writer_settings, observer)
@@ -91,8 +93,15 @@ def note_usage(state: dict, document: dict) -> None:
                            if isinstance(usage.get(key), int)}
 
 
-def note_stream(state: dict, text: str, events: list[bytes]) -> None:
-    """A streamed completion's text as it passes, and its usage if the upstream reports it."""
+def note_stream(state: dict, text: str | None, events: list[bytes]) -> None:
+    """A streamed completion's text as it passes, and its usage if the upstream reports it. `text`: what
+    the events add, as output inspection read it; None where nothing inspects the output, and the
+    events are read here (the audit keeps a stream's text as it keeps a whole answer's)."""
+    if text is None:
+        text = "".join(stream_event_text(event)[0] for event in events)
+    estimate = state.get("streamed_tokens")  # present when a token rate limit applies
+    if estimate is not None:  # in case no usage comes
+        estimate.add(text)
     if text and state.get("completion_chars", 0) < MAX_STORED_CHARS:
         state.setdefault("completion_parts", []).append(text)
         state["completion_chars"] = state.get("completion_chars", 0) + len(text)

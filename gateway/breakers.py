@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # gateway.telemetry imports the request path, which uses brea
 
 T = TypeVar("T")
 
-STATE_CODES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 # How stale a replica's view of the shared state may be; also the Redis health check period.
 SYNC_INTERVAL_S = 0.25
 # Redis must answer fast or be treated as down: the breakers must never wait on it for long.
@@ -98,8 +97,7 @@ class _StateGauge(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: pybreaker.CircuitBreakerState | None,
                      new_state: pybreaker.CircuitBreakerState) -> None:
         if self.metrics is not None:
-            self.metrics.breaker_state.labels(self.name).set(STATE_CODES[new_state.name])
-            self.metrics.breaker_transitions.labels(self.name, new_state.name).inc()
+            self.metrics.set_breaker_state(self.name, new_state.name)
         log.warning("breaker_state", breaker=self.name, state=new_state.name,
                     previous=old_state.name if old_state is not None else None)
 

@@ -10,7 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -51,7 +51,7 @@ class RateLimit(BaseModel):
 
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1, description="prompt + completion tokens, as the upstream "
-                                          "reports them in `usage`")
+                                          "reports them in `usage` (estimated from the texts when it does not)")
 
 
 class RateLimits(BaseModel):
@@ -84,6 +84,8 @@ def _default_state_dir() -> Path:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WARDGATE_", extra="forbid", validate_default=True)
+    # Whether settings that name each other (rate_limits -> api_keys) are checked against each other.
+    check_references: ClassVar[bool] = True
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -152,6 +154,10 @@ class Settings(BaseSettings):
     audit_batch_max: int = Field(512, ge=1, description="Most records committed in one transaction")
     audit_commit_timeout_s: float = Field(5.0, gt=0, description="Longest wait for a record's commit; beyond: "
                                           "the policy's on_store_failure")
+    audit_breaker_fail_max: int = Field(3, ge=1, description="Failed audit commits in a row (errors, or commits "
+                                        "slower than audit_commit_timeout_s) that open the audit store's breaker")
+    audit_breaker_reset_s: float = Field(1.0, gt=0, description="How long the audit store's breaker stays open "
+                                         "(records spill or are refused at once) before one attempt probes the store")
 
     # Rate limits per tenant and per API key (gateway/ratelimit.py).
     rate_limits: RateLimits = Field(default_factory=RateLimits, description="Requests and tokens per minute: "
@@ -215,6 +221,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _rate_limits_name_known_keys(self) -> Settings:
         # A typo in a key id or tenant name would silently leave that client unlimited.
+        if not self.check_references:
+            return self
         tenants = {key.tenant for key in self.api_keys} or {"default"}
         unknown_keys = sorted(set(self.rate_limits.keys) - {key.id for key in self.api_keys})
         unknown_tenants = sorted(set(self.rate_limits.tenants) - tenants)
@@ -244,12 +252,19 @@ class Settings(BaseSettings):
         }
 
 
+class _WithoutConfigFile(Settings):
+    """The environment and command line alone. What they name may be in the config file (rate limits
+    for its API keys), so references are checked once the layers are merged."""
+
+    check_references = False
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build settings from all layers; `overrides` are command-line values (None = not given)."""
     cli_values = {name: value for name, value in overrides.items() if value is not None}
     try:
         # Environment and command line, without the file: tells which fields they set explicitly.
-        explicit = Settings(**cli_values)
+        explicit = (Settings if config_file is None else _WithoutConfigFile)(**cli_values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, "command line / WARDGATE_* environment")) from None
     if config_file is None:

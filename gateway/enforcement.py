@@ -20,7 +20,7 @@ from starlette.types import Scope
 
 from gateway.audit_trail import note_stream
 from gateway.errors import POLICY_BLOCKED_INPUT, POLICY_BLOCKED_OUTPUT, GatewayError
-from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, completion_texts
+from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, completion_texts, stream_event_text
 from gateway.pipeline import ALLOW, SEVERITY, Context, Pipeline, Verdict, strongest, with_bypass
 from gateway.streaming import RawResponse
 from policies.schema import Direction, policy_digest
@@ -132,7 +132,7 @@ class StreamChecker:
         finished = False
         added = []
         for event in events:
-            text, is_done = _event_delta_text(event)
+            text, is_done = stream_event_text(event)
             finished = finished or is_done
             added.append(text)
             self.total_chars += len(text)
@@ -192,29 +192,6 @@ def _replace_strings(value: object, replacements: dict[str, str]) -> object:
     if isinstance(value, dict):
         return {key: _replace_strings(item, replacements) for key, item in value.items()}
     return value
-
-
-def _event_delta_text(event: bytes) -> tuple[str, bool]:
-    """The completion text an SSE event adds (chat delta content or completion text), and whether
-    it is the final `[DONE]`."""
-    parts = []
-    for line in event.splitlines():
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            return "".join(parts), True
-        try:
-            document = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            continue
-        for choice in document.get("choices") or [] if isinstance(document, dict) else []:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                parts.append(delta["content"])
-            elif isinstance(choice, dict) and isinstance(choice.get("text"), str):
-                parts.append(choice["text"])
-    return "".join(parts), False
 
 
 def refusal_response(parsed: BaseModel, message: str) -> RawResponse:

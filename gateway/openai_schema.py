@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated, TypeVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gateway.errors import INVALID_JSON, INVALID_REQUEST, INVALID_UTF8, GatewayError
@@ -82,6 +83,29 @@ def completion_texts(document: object) -> list[str]:
         if isinstance(choice.get("text"), str):
             texts.append(choice["text"])
     return texts
+
+
+def stream_event_text(event: bytes) -> tuple[str, bool]:
+    """The completion text an SSE event adds (chat delta content or completion text), and whether
+    it is the final `[DONE]`."""
+    parts = []
+    for line in event.splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            return "".join(parts), True
+        try:
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        for choice in document.get("choices") or [] if isinstance(document, dict) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                parts.append(delta["content"])
+            elif isinstance(choice, dict) and isinstance(choice.get("text"), str):
+                parts.append(choice["text"])
+    return "".join(parts), False
 
 
 @functools.cache

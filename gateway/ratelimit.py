@@ -11,11 +11,13 @@ refused when the debt would then exceed one minute. Chosen because it is
   run in one Lua script (atomic, one round trip), on Redis's clock, so clock skew between replicas
   does not matter.
 
-Tokens: a request's token count is known only once the upstream has answered (`usage`), so token
-buckets are charged after the response, with prompt + completion tokens as the upstream reports
-them, and a request is refused (WG5004) while a token bucket of its tenant or key has less than one
-token left. Nothing is estimated: a request without `usage` costs no tokens, and a single request
-may overdraw a bucket (the debt then delays later requests).
+Tokens: a request's token count is known only once the upstream has answered, so token buckets
+are charged after the response, with prompt + completion tokens as the upstream reports them in
+`usage`, and a request is refused (WG5004) while a token bucket of its tenant or key has less than
+one token left. A successful answer without `usage` (a stream without `stream_options.include_usage`,
+a server that never reports it) is charged an estimate from the prompt and the text that was
+returned or streamed (gateway/token_estimate.py); a request the upstream did not answer with 200
+costs no tokens. A single request may overdraw a bucket (the debt then delays later requests).
 
 Times are integer microseconds, so that TATs are exact in Lua's doubles; costs are rounded down to
 the microsecond, i.e. by less than limit / 60,000,000 requests or tokens per request.
@@ -45,6 +47,7 @@ from starlette.types import Message, Scope, Send
 from gateway.config import RateLimit, RateLimits, Settings
 from gateway.errors import RATE_LIMITED, TOKEN_RATE_LIMITED, GatewayError
 from gateway.telemetry import Metrics
+from gateway.token_estimate import TokenEstimate, estimate_tokens
 
 PERIOD_US = 60_000_000
 # A round trip to Redis takes well under a millisecond; a store slower than this is treated as down.
@@ -289,6 +292,7 @@ class RateLimiter:
             self._refuse(plan, debts, refusing)
         if plan.token_buckets:
             state["rate_limit_plan"] = plan
+            state["streamed_tokens"] = TokenEstimate()  # fed by note_stream, used if no usage comes
         headers = _headers(plan, debts, charged=True)
 
         async def send_with_limits(message: Message) -> None:
@@ -314,15 +318,24 @@ class RateLimiter:
     async def charge(self, scope: Scope) -> None:
         state = scope["state"]
         plan: Plan | None = state.get("rate_limit_plan")
-        tokens = state.get("tokens")
-        if plan is None or not tokens:
+        if plan is None:
             return
-        used = sum(tokens.values())
+        tokens = state.get("tokens")
+        used = sum(tokens.values()) if tokens else _estimated_tokens(state)
         if used > 0:
             await self.store.charge(plan.token_buckets, [bucket.cost_us(used) for bucket in plan.token_buckets])
 
     async def close(self) -> None:
         await self.store.close()
+
+
+def _estimated_tokens(state: dict) -> int:
+    """Prompt + completion tokens of an answer that came without `usage` (see the module doc)."""
+    if state.get("upstream_status") != 200:
+        return 0
+    prompt = estimate_tokens(state.get("input_texts", ()))
+    completion = state.get("completion_text")
+    return prompt + (estimate_tokens((completion,)) if completion is not None else state["streamed_tokens"].tokens)
 
 
 def build_rate_limiter(settings: Settings, metrics: Metrics) -> RateLimiter | None:

@@ -169,7 +169,7 @@ class SSERelayResponse:
             async for chunk in self.upstream.content.iter_any():
                 events, pending = split_events(pending + chunk)
                 if events and self.gate is None:  # a gate notes them itself, with their text
-                    note_stream(scope["state"], "", events)  # the usage, for token limits and the audit
+                    note_stream(scope["state"], None, events)  # text and usage, for the audit and token limits
                 if events:
                     await self._send_checked(events, send)
                 if len(pending) > self.max_event_bytes:

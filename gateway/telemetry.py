@@ -14,6 +14,7 @@ import sys
 import time
 
 import orjson
+import pybreaker
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +24,10 @@ from gateway.audit_trail import UNAUDITED_PATHS, AuditedSend
 from gateway.tracing import RequestSpan, tracing_enabled
 from privacy.audit.writer import AuditWriter
 
+# wardgate_breaker_state's values.
+BREAKER_STATE_CODES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
+# The audit store's breaker (privacy/audit/writer.py) among the gateway's (gateway/breakers.py).
+AUDIT_BREAKER = "audit"
 # Proxy overhead is sub-millisecond and model calls take seconds: buckets must resolve both.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -240,6 +245,14 @@ class Metrics:
 
     def failed(self, records: int) -> None:
         self.audit_records.labels("failed").inc(records)
+
+    def breaker_changed(self, state: str) -> None:
+        self.set_breaker_state(AUDIT_BREAKER, state)
+
+    def set_breaker_state(self, name: str, state: str) -> None:
+        """A circuit breaker's new state (closed, half-open, open): the gauge and the transition count."""
+        self.breaker_state.labels(name).set(BREAKER_STATE_CODES[state])
+        self.breaker_transitions.labels(name, state).inc()
 
     def set_active_policy(self, version: str, digest: str) -> None:
         self.policy_info.clear()

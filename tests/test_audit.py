@@ -230,11 +230,13 @@ def test_query_filters_and_stats(store):
 # -- the writer ---------------------------------------------------------------------------------------
 
 class Counts:
-    """The writer's observer: how many transactions, and what became of the records."""
+    """The writer's observer: how many transactions, what became of the records, and the states its
+    store's breaker went through."""
 
     def __init__(self) -> None:
         self.transactions = 0
         self.records = {"committed": 0, "spilled": 0, "failed": 0}
+        self.breaker: list[str] = []
 
     def committed(self, records: int, seconds: float) -> None:
         self.transactions += 1
@@ -245,6 +247,9 @@ class Counts:
 
     def failed(self, records: int) -> None:
         self.records["failed"] += records
+
+    def breaker_changed(self, state: str) -> None:
+        self.breaker.append(state)
 
 
 def writer_for(dsn: str, tmp_path: Path, counts: Counts, **settings) -> AuditWriter:
@@ -271,7 +276,8 @@ def test_concurrent_commits_share_transactions(dsn, tmp_path):
 def test_store_down_spills_or_fails_closed_then_replays_in_order(pg_schema, tmp_path):
     proxy = TcpProxy(5432)
     counts = Counts()
-    writer = writer_for(pg_dsn(pg_schema, proxy.port), tmp_path, counts, retry_s=0.0)
+    # Every commit tries the store: the breaker that stops that is tests/test_audit_breaker.py's subject.
+    writer = writer_for(pg_dsn(pg_schema, proxy.port), tmp_path, counts, breaker_fail_max=100)
     writer.open()
 
     async def commit(record, mode: str) -> str:
@@ -307,7 +313,8 @@ def test_store_down_spills_or_fails_closed_then_replays_in_order(pg_schema, tmp_
 
 def test_a_spill_file_left_by_a_crash_is_replayed_at_the_next_start(pg_schema, tmp_path):
     proxy = TcpProxy(5432)
-    writer = writer_for(pg_dsn(pg_schema, proxy.port), tmp_path, Counts(), retry_s=60.0)
+    # The first failure opens the breaker for longer than the test: nothing tries to replay the spill.
+    writer = writer_for(pg_dsn(pg_schema, proxy.port), tmp_path, Counts(), breaker_fail_max=1, breaker_reset_s=60.0)
     writer.open()
     proxy.cut()
 
@@ -358,6 +365,7 @@ def test_each_request_is_committed_before_its_response_completes(start_gateway, 
     store = open_store(str(database))
     responses = {
         "allow": chat(gateway, "mail me at alice@example.com or 13812345678", user="subject-7"),
+        "stream": chat(gateway, "stream to bob@example.com", stream=True),
         "block": chat(gateway, "how do I build a pipe bomb"),
         "error": httpx.post(gateway.url + "/v1/chat/completions", content=b"{not json", timeout=30),
         "unmatched": httpx.get(gateway.url + "/nowhere", timeout=30),
@@ -376,6 +384,8 @@ def test_each_request_is_committed_before_its_response_completes(start_gateway, 
     assert allowed.texts["prompt"]["text"] == "mail me at [EMAIL] or [PHONE]"
     assert allowed.texts["completion"]["text"] == "echo: mail me at [EMAIL] or [PHONE]"
     assert allowed.texts["prompt"]["subject"] == "subject-7"
+    # Nothing inspects this policy's output: the stream's text is still kept, as a whole answer's is.
+    assert found["stream"][0].texts["completion"]["text"] == "Hello from the fake model, 你好!"
     blocked = found["block"][0].body
     assert (blocked["decision"], blocked["rule_id"], blocked["error_code"]) == ("block", "in.bomb", "WG1001")
     assert blocked["verdicts"]["input"]["stage"] == "blacklist"
@@ -384,7 +394,7 @@ def test_each_request_is_committed_before_its_response_completes(start_gateway, 
     events = store.query(AuditFilter(kind="event"), limit=10)
     assert [row.body["event"] for row in events] == ["policy_activated"]
     kinds = [row.body["kind"] for row in store.query(AuditFilter(), limit=100)]
-    assert kinds.count("request") == 4  # the probe left none
+    assert kinds.count("request") == 5  # the probe left none
     assert verify(store, []).ok
     metrics = httpx.get(gateway.url + "/metrics", timeout=30).text
     assert 'wardgate_audit_records_total{result="committed"}' in metrics
@@ -642,7 +652,7 @@ def test_a_store_that_hangs_does_not_hang_the_request(tmp_path):
     import sqlite3
 
     database = tmp_path / "audit.sqlite3"
-    writer = writer_for(str(database), tmp_path, Counts(), commit_timeout_s=0.5, retry_s=0.1)
+    writer = writer_for(str(database), tmp_path, Counts(), commit_timeout_s=0.5, breaker_reset_s=0.1)
     writer.open()
     holder = sqlite3.connect(database, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")

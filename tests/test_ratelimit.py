@@ -15,7 +15,9 @@ from gateway.config import ConfigError, RateLimits, load_settings
 from gateway.errors import GatewayError
 from gateway.ratelimit import LocalStore, RateLimiter, RedisStore, _duration
 from gateway.telemetry import Metrics
+from gateway.token_estimate import estimate_tokens
 from tests.conftest import REDIS_URL, free_port
+from tests.fake_upstream import STREAM_WORDS
 from tests.test_errors import CHAT, assert_coded_error
 
 KEYS = {"acme-ci": ("acme", "wg-acme-ci"), "acme-batch": ("acme", "wg-acme-batch"), "beta-ci": ("beta", "wg-beta")}
@@ -156,6 +158,24 @@ def test_bad_rate_limit_settings_are_refused(tmp_path):
         load_settings(config)
 
 
+def test_rate_limits_from_the_environment_may_name_keys_of_the_config_file(tmp_path, monkeypatch):
+    """The layers are checked against each other once merged, not the environment on its own."""
+    config = tmp_path / "wardgate.yaml"
+    config.write_text(yaml.safe_dump({"api_keys": [{"id": "acme-ci", "tenant": "acme", "sha256": "0" * 64}]}))
+    monkeypatch.setenv("WARDGATE_RATE_LIMITS", '{"keys": {"acme-ci": {"requests_per_minute": 2}}, '
+                                               '"tenants": {"acme": {"tokens_per_minute": 50}}}')
+    settings = load_settings(config)
+    assert settings.rate_limits.keys["acme-ci"].requests_per_minute == 2
+    assert settings.rate_limits.tenants["acme"].tokens_per_minute == 50
+    # A typo is still caught, whichever layer it is in.
+    monkeypatch.setenv("WARDGATE_RATE_LIMITS", '{"keys": {"acme-cj": {"requests_per_minute": 2}}}')
+    with pytest.raises(ConfigError, match="API key ids that are not in api_keys: acme-cj"):
+        load_settings(config)
+    monkeypatch.delenv("WARDGATE_RATE_LIMITS")
+    with pytest.raises(ConfigError, match="API key ids that are not in api_keys: acme-ci"):
+        load_settings(rate_limits=RateLimits.model_validate({"keys": {"acme-ci": {"requests_per_minute": 2}}}))
+
+
 # -- real gateways ------------------------------------------------------------------------------------
 
 def _gateway(start_gateway, upstream, tmp_path: Path, rate_limits: dict, name: str = "wardgate.yaml",
@@ -226,6 +246,42 @@ def test_token_limit_refuses_once_the_used_tokens_exceed_it(client, start_gatewa
     assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
     assert _metric(client, gateway, 'wardgate_rate_limited_total{kind="tokens",scope="tenant"}') == 1
 
+
+OUTPUT_POLICY = """version: "output-check"
+output:
+  stages:
+    - type: blacklist
+      rules:
+        - {id: out.secret, category: confidential, literals: [forbidden-output]}
+"""
+
+
+def test_token_estimate_counts_cjk_characters_one_each_and_other_text_four_to_a_token():
+    assert estimate_tokens([]) == 0
+    assert estimate_tokens(["abcd" * 10]) == 10
+    assert estimate_tokens(["abcde"]) == 2  # rounded up: a started token is a token
+    assert estimate_tokens(["你好世界", "こんにちは", "안녕하세요"]) == 14
+    assert estimate_tokens(["".join(STREAM_WORDS)]) == 9  # 28 other characters (7 tokens) and 你好
+
+
+@pytest.mark.parametrize("policy", ["none", "output inspected"])
+def test_answers_without_usage_are_charged_an_estimate(client, start_gateway, upstream, tmp_path, policy):
+    """The fake upstream's streams and /v1/completions answers carry no `usage`: the prompt and the
+    text that came back are estimated, whether or not a policy reads the stream on its way."""
+    settings = {}
+    if policy != "none":
+        (tmp_path / "policy.yaml").write_text(OUTPUT_POLICY)
+        settings["policy"] = str(tmp_path / "policy.yaml")
+    gateway = _gateway(start_gateway, upstream, tmp_path, {"default": {"tokens_per_minute": 30}},
+                       with_keys=False, **settings)
+    streamed = client.post(gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True})
+    assert streamed.status_code == 200 and "你好" in streamed.text and '"usage"' not in streamed.text
+    completed = client.post(gateway.url + "/v1/completions", json={"model": "echo", "prompt": "say hi"})
+    assert completed.status_code == 200 and "usage" not in completed.json()
+    after = _post(client, gateway)
+    # "hello" (2) + the stream (9), then "say hi" (2) + " world" (2); 30 per minute refill one every 2 s.
+    assert [response.headers["x-ratelimit-remaining-tokens"] for response in (streamed, completed, after)] == \
+        ["30", "19", "15"]
 
 
 def test_redis_store_charges_tokens_for_every_replica(redis_prefix):

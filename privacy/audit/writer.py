@@ -13,6 +13,13 @@ is down or cannot keep up, each record's policy decides:
 
 A commit that takes longer than `commit_timeout_s` (a lock held on the store, a stalled network)
 counts as the store failing, so that no request waits on the audit log without bound.
+
+Whether the store is worth trying is a pybreaker circuit breaker's call. Closed: each commit tries
+the store, and a failed one (an error, or a commit that outlasted `commit_timeout_s`, even if it
+landed) counts. After `breaker_fail_max` failures in a row it opens: records spill or are refused at
+once, without touching the store. After `breaker_reset_s` it half-opens and one attempt probes the
+store (the next commit, or the writer itself when no request comes): success closes it and the spill
+is replayed first, failure opens it again.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+import pybreaker
 import structlog
 
 from privacy.audit.record import AuditRecord
@@ -53,6 +61,9 @@ class AuditObserver(Protocol):
 
     def failed(self, records: int) -> None: ...
 
+    def breaker_changed(self, state: str) -> None:
+        """The store's circuit breaker went to `state`: closed, open or half-open."""
+
 
 @dataclass(frozen=True)
 class WriterSettings:
@@ -62,10 +73,28 @@ class WriterSettings:
     group_window_s: float = 0.002
     # Longest a request waits for its record's commit before the record is spilled (or refused).
     commit_timeout_s: float = 5.0
-    # While the store is down, it is tried again at most this often (spill or fail in between).
-    retry_s: float = 1.0
+    # Failed commits in a row that open the store's circuit breaker.
+    breaker_fail_max: int = 3
+    # How long it stays open (records spill or are refused at once) before one attempt probes the store.
+    breaker_reset_s: float = 1.0
     purge_every_s: float = 3600.0
     checkpoints: CheckpointPolicy = CheckpointPolicy()
+
+
+class _CommitStalled(Exception):
+    """The records were committed, but later than `commit_timeout_s`: the breaker counts a failure."""
+
+
+class _BreakerReport(pybreaker.CircuitBreakerListener):
+    def __init__(self, observer: AuditObserver | None) -> None:
+        self.observer = observer
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: pybreaker.CircuitBreakerState | None,
+                     new_state: pybreaker.CircuitBreakerState) -> None:
+        log.warning("breaker_state", breaker=cb.name, state=new_state.name,
+                    previous=old_state.name if old_state is not None else None)
+        if self.observer is not None:
+            self.observer.breaker_changed(new_state.name)
 
 
 class SpillFile:
@@ -187,12 +216,22 @@ class AuditWriter:
         self.spill_dir = spill_dir
         self._queue: queue.Queue = queue.Queue(settings.queue_size)
         self._thread: threading.Thread | None = None
-        self._store_down_since: float | None = None
+        # Per process, in memory, even where the gateway's other breakers share their state in Redis:
+        # each writer sees the store through its own connection, and one replica's broken network
+        # path must not stop the others from writing. Only the writer thread calls through it.
+        self._breaker_storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self._breaker = pybreaker.CircuitBreaker(
+            fail_max=settings.breaker_fail_max, reset_timeout=settings.breaker_reset_s,
+            state_storage=self._breaker_storage, listeners=[_BreakerReport(observer)], name="audit",
+            # The failure itself propagates on the trip, not a CircuitBreakerError.
+            throw_new_error_on_trip=False,
+        )
         # Set by a request whose commit timed out, cleared by the writer when a commit completes.
         self._stalled = False
-        self._last_attempt = 0.0
         self._last_purge = time.monotonic()
+        # The last failed attempt's error and since when attempts fail (for the log); None once one succeeds.
         self.last_error: str | None = None
+        self._failing_since = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> None:
@@ -220,14 +259,21 @@ class AuditWriter:
         return self._queue.qsize()
 
     @property
+    def breaker_state(self) -> str:
+        """closed, open or half-open. An open breaker reads open until its next attempt, even once
+        its reset timeout has passed."""
+        return self._breaker_storage.state
+
+    @property
     def store_up(self) -> bool:
-        return self._store_down_since is None
+        return self.last_error is None and self.breaker_state == pybreaker.STATE_CLOSED
 
     def describe(self) -> dict:
         """The store's state as the writer last saw it, for /readyz (not its error: the probe is open
         to anyone, and the error names files and hosts; the log has it)."""
-        state = "down" if self._store_down_since is not None else "hanging" if self._stalled else "up"
-        return {"store": state, "queue_depth": self.queue_depth, "spilled_waiting": self.spill.waiting}
+        state = "down" if not self.store_up else "hanging" if self._stalled else "up"
+        return {"store": state, "breaker": self.breaker_state, "queue_depth": self.queue_depth,
+                "spilled_waiting": self.spill.waiting}
 
     # -- the event loop's side -----------------------------------------------------------------
     async def commit(self, record: AuditRecord) -> None:
@@ -267,11 +313,11 @@ class AuditWriter:
         concurrent = False
         while True:
             try:
-                # While the store is down, wake up every retry_s to try it again: spilled records must
-                # not wait for the next request to reach the store.
-                item = self._queue.get(timeout=self.settings.retry_s if self._store_down_since is not None else None)
+                # While the store fails, wake up to probe it whenever the breaker would let a commit
+                # through: spilled records must not wait for the next request to reach the store.
+                item = self._queue.get(timeout=None if self.store_up else self._probe_due_in())
             except queue.Empty:
-                self._recover()
+                self._probe()
                 continue
             if item is _STOP:
                 return
@@ -298,44 +344,72 @@ class AuditWriter:
         if not batch:
             return
         records = [record for record, _ in batch]
-        if self._store_down_since is not None and time.monotonic() - self._last_attempt < self.settings.retry_s:
-            self._store_failed(batch, self.last_error or "store down")
-            return
         started = time.perf_counter()
-        try:
-            self._last_attempt = time.monotonic()
-            # Spilled records are older than these: they go first, so that chain order stays time order.
-            self._replay_spill()
-            self.store.append(records, self.signer, self.settings.checkpoints)
-        except StoreError as exc:
-            self._store_failed(batch, str(exc))
+        error = self._attempt(lambda: self._append(records))
+        if error is not None:
+            self._spill_or_refuse(batch, error)
             return
-        except Exception as exc:  # a bug must not kill the writer and leave every request hanging
-            log.exception("audit_commit_failed")
-            self._store_failed(batch, f"{type(exc).__name__}: {exc}")
-            return
-        self._mark_up()
         self._count("committed", len(records), time.perf_counter() - started)
         _resolve([future for _, future in batch], None)
 
-    def _recover(self) -> None:
-        self._last_attempt = time.monotonic()
+    def _attempt(self, store_work: Callable[[], None]) -> str | None:
+        """Run `store_work` through the breaker. None when its work is done (if late, the breaker
+        counted a failure), else why not: the store's error, or the open breaker (then the store was
+        not touched)."""
         try:
-            self._replay_spill()
-            self.store.head()  # answers only if the store is back
+            self._breaker.call(store_work)
+        except _CommitStalled as exc:  # a failure that still did its work: the records stand
+            self._attempt_failed(str(exc))
+        except pybreaker.CircuitBreakerError:
+            return f"the audit store's circuit breaker is open (last error: {self.last_error})"
         except StoreError as exc:
-            self.last_error = str(exc)
-            return
-        except Exception:  # a bug must not kill the writer: the next request's commit tries again
-            log.exception("audit_recovery_failed")
-            return
-        self._mark_up()
+            self._attempt_failed(str(exc))
+            return str(exc)
+        except Exception as exc:  # a bug must not kill the writer and leave every request hanging
+            log.exception("audit_attempt_failed")
+            self._attempt_failed(f"{type(exc).__name__}: {exc}")
+            return self.last_error
+        else:
+            self._attempt_succeeded()
+        return None
 
-    def _mark_up(self) -> None:
+    def _append(self, records: list[AuditRecord]) -> None:
+        # Spilled records are older than these: they go first, so that chain order stays time order.
+        self._replay_spill()
+        started = time.monotonic()
+        self.store.append(records, self.signer, self.settings.checkpoints)
+        took = time.monotonic() - started
+        if took > self.settings.commit_timeout_s:
+            raise _CommitStalled(f"a commit took {took:.3f} s, over commit_timeout_s {self.settings.commit_timeout_s}")
+
+    def _probe_due_in(self) -> float:
+        """Seconds until the breaker lets an attempt through: the rest of its reset timeout when
+        open, a whole one when it is closed but the last attempt failed."""
+        opened_at = self._breaker_storage.opened_at
+        if self.breaker_state != pybreaker.STATE_OPEN or opened_at is None:
+            return self.settings.breaker_reset_s
+        return max(0.0, opened_at.timestamp() + self.settings.breaker_reset_s - time.time())
+
+    def _probe(self) -> None:
+        """No request came while the store failed: replay the spill, or just read the chain's head,
+        as the breaker's attempt."""
+        self._attempt(self._replay_and_ping)
+
+    def _replay_and_ping(self) -> None:
+        self._replay_spill()
+        self.store.head()
+
+    def _attempt_failed(self, error: str) -> None:
+        self._stalled = False  # a hang, if there was one, is over
+        if self.last_error is None:
+            self._failing_since = time.monotonic()
+            log.error("audit_store_unavailable", error=error)
+        self.last_error = error
+
+    def _attempt_succeeded(self) -> None:
         self._stalled = False
-        if self._store_down_since is not None:
-            log.info("audit_store_recovered", down_s=round(time.monotonic() - self._store_down_since, 3))
-            self._store_down_since = None
+        if self.last_error is not None:
+            log.info("audit_store_recovered", down_s=round(time.monotonic() - self._failing_since, 3))
             self.last_error = None
 
     def _replay_spill(self) -> None:
@@ -350,12 +424,7 @@ class AuditWriter:
             self.store.append(records[start:start + self.settings.batch_max], self.signer, self.settings.checkpoints,
                               replay=True)
 
-    def _store_failed(self, batch: list[tuple[AuditRecord, asyncio.Future]], error: str) -> None:
-        self._stalled = False  # the hang is over: the store is down, and the writer spills or refuses
-        if self._store_down_since is None:
-            self._store_down_since = time.monotonic()
-            log.error("audit_store_unavailable", error=error)
-        self.last_error = error
+    def _spill_or_refuse(self, batch: list[tuple[AuditRecord, asyncio.Future]], error: str) -> None:
         spillable = [(record, future) for record, future in batch if record.on_store_failure == "spill"]
         closed = [future for record, future in batch if record.on_store_failure != "spill"]
         if spillable:
@@ -372,7 +441,7 @@ class AuditWriter:
             _resolve(closed, AuditUnavailable(error))
 
     def _purge_if_due(self) -> None:
-        if time.monotonic() - self._last_purge < self.settings.purge_every_s or self._store_down_since is not None:
+        if time.monotonic() - self._last_purge < self.settings.purge_every_s or not self.store_up:
             return
         self._last_purge = time.monotonic()
         try:
