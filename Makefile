@@ -7,10 +7,11 @@ STAMP := $(VENV)/.wardgate-installed
 
 .PHONY: setup deploy-tools run test bench-proxy docs
 
-setup: $(STAMP) deploy-tools
+setup: $(STAMP)
 
 # tests/test_deploy.py checks deploy/ with promtool (Debian's prometheus package) and nginx: installed
-# when missing (as root); the services the packages may start are stopped, only the binaries are wanted.
+# when missing (as root; only `make test` needs them, not `make run`); the services the packages may
+# start are stopped, only the binaries are wanted.
 deploy-tools:
 	@command -v promtool >/dev/null && command -v nginx >/dev/null || { \
 		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(VENV)/bin/wardgate serve
 
-test: setup
+test: setup deploy-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
