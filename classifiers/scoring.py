@@ -20,9 +20,11 @@ from classifiers.labels import LABELS, ClassifierError
 class Row:
     text: str
     truth: dict[str, float]
+    line: int = 0  # in the file, for errors found after reading
+    user: str | None = None  # the `user_field` value, when asked for
 
 
-def read_rows(path: Path, need_truth: bool = False) -> list[Row]:
+def read_rows(path: Path, need_truth: bool = False, user_field: str | None = None) -> list[Row]:
     rows = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -45,7 +47,11 @@ def read_rows(path: Path, need_truth: bool = False) -> list[Row]:
             raise ClassifierError(f"{path}:{number}: labels must be 0 or 1")
         if need_truth and "unsafe" not in truth:
             raise ClassifierError(f"{path}:{number}: needs \"unsafe\": 0 or 1 to evaluate")
-        rows.append(Row(text, {name: float(value) for name, value in truth.items()}))
+        user = record.get(user_field) if user_field else None
+        if user_field and (isinstance(user, bool) or not isinstance(user, str | int) or not str(user).strip()):
+            raise ClassifierError(f"{path}:{number}: needs \"{user_field}\" (a non-empty string or an integer)")
+        rows.append(Row(text, {name: float(value) for name, value in truth.items()}, number,
+                        None if user is None else str(user)))
     if not rows:
         raise ClassifierError(f"{path}: no lines to score")
     return rows

@@ -563,7 +563,7 @@ def classifier_activate(directory: Path, config_file: Path | None, state_dir: Pa
         click.echo(f"wardgate: cannot activate {directory}: {exc}", err=True)
         sys.exit(2)
     _record_admin_event(settings, "classifier_activated", classifier_digest=deployed.digest,
-                        source=deployed.source, reason=reason, model_card=_privacy_report(directory))
+                        source=deployed.source, reason=reason, dp_training=_privacy_report(directory))
     click.echo(f"activated classifier {deployed.digest[:16]} (from {deployed.source}); a running gateway "
                "picks it up within its poll interval (see GET /admin/policy)")
 
@@ -572,7 +572,7 @@ def _privacy_report(directory: Path) -> dict | None:
     """The DP training report an artifact carries in its config, if any: it goes into the audit event."""
     from classifiers.artifact import read_config
 
-    return read_config(directory).metrics.get("privacy")
+    return read_config(directory).metrics.get("dp_training")
 
 
 @classifier.command("rollback")
@@ -615,6 +615,62 @@ def classifier_deployed(config_file: Path | None, state_dir: Path | None) -> Non
     click.echo(f"active: {active.digest[:16]} from {active.source}" if active else "active: shipped")
     for event in reversed(deployment.history()):
         click.echo(f"{_utc(event.at)}  {event.event:<11}  {event.digest[:16]:<16}  {event.reason}")
+
+
+@main.command("dp-train")
+@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="JSONL: \"text\", \"unsafe\" 0/1 and optionally a 0/1 per category (as `classifier eval` reads).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for the checkpoint, privacy_report.json and the artifact (resumes from its checkpoint).")
+@click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--delta", type=click.FloatRange(min=0, min_open=True),
+              help="Default: 1e-5 or 1/N^1.1, whichever is smaller (N: examples, or users with --user-field).")
+@click.option("--no-dp", is_flag=True, help="The non-private baseline on the same data (no guarantee).")
+@click.option("--base", default="builtin", show_default=True, help="`builtin` or a classifier artifact to start from.")
+@click.option("--user-field", help="Privacy per user: the JSONL field naming each line's user.")
+@click.option("--max-per-user", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Expected logical batch (Poisson sampling), in privacy units.")
+@click.option("--physical-batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-grad-norm", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
+@click.option("--trainable-layers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Top transformer layers trained beside the head.")
+@click.option("--max-length", type=click.IntRange(min=8), default=64, show_default=True)
+@click.option("--grad-sample-mode", type=click.Choice(["ghost", "hooks"]), default="ghost", show_default=True)
+@click.option("--accountant", type=click.Choice(["prv", "rdp"]), default="prv", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1),
+              help="Stop after this many steps in all (checkpointed); run again to go on.")
+@_CONFIG_OPTION
+@_STATE_DIR_OPTION
+def dp_train_cmd(data_file: Path, out: Path, no_dp: bool, config_file: Path | None, state_dir: Path | None,
+                 **options) -> None:
+    """Fine-tune the classifier with differential privacy (DP-SGD, Opacus) on your own labelled data;
+    the artifact in OUT/artifact states its (epsilon, delta) in its model card and config.json."""
+    from classifiers.labels import ClassifierError
+    from privacy.dp.train import DPConfig, dp_train
+
+    try:
+        report = dp_train(data_file, out, DPConfig(private=not no_dp, **options))
+    except ClassifierError as exc:
+        click.echo(f"wardgate: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo(f"wardgate: interrupted; run the same command again to resume from {out}", err=True)
+        sys.exit(130)
+    _record_admin_event(_settings_or_exit(config_file, {"state_dir": state_dir}), "dp_training_completed",
+                        artifact=str(out / "artifact"), **{key: value for key, value in report.items()
+                                                           if key != "config"})
+    if report["private"]:
+        click.echo(f"epsilon {report['epsilon']} (target {report['epsilon_target']}), delta {report['delta']:g}, "
+                   f"noise multiplier {report['noise_multiplier']}, {report['steps']}/{report['planned_steps']} "
+                   f"steps ({report['stopped']})")
+    else:
+        click.echo(f"no differential privacy (--no-dp): {report['steps']}/{report['planned_steps']} steps")
+    click.echo(f"artifact: {out / 'artifact'}")
 
 
 @main.group()
