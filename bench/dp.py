@@ -23,7 +23,7 @@ Goals (issue 8): at epsilon 1, >= 95% of the non-private AUPRC; DP throughput >=
 
 Usage::
 
-    .venv/bin/python bench/dp.py            # the full run (~20 min on 2 cores)
+    .venv/bin/python bench/dp.py            # the full run (~8 min on 2 quiet cores)
     .venv/bin/python bench/dp.py --quick    # 800 examples, epsilon 1 and 8 (a few minutes)
 """
 
