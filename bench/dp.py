@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=5e-4, help="for every run, DP and not")
     parser.add_argument("--members", type=int, default=300)
     parser.add_argument("--mi-members", type=int, default=200)
     parser.add_argument("--mi-epochs", type=int, default=20)
@@ -142,7 +143,8 @@ def main() -> None:
         data = Path(scratch) / "train.jsonl"
         write_jsonl(train, data)
         common = ["--data", str(data), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                  "--max-length", str(args.max_length), "--seed", str(args.seed)]
+                  "--max-length", str(args.max_length), "--learning-rate", str(args.learning_rate),
+                  "--seed", str(args.seed)]
         results = {"bundled (not fine-tuned)": {**quality(BUILTIN_DIR, valid, members, args.max_length)}}
         runs = [("non-private", ["--no-dp"])] + [(f"dp eps={epsilon:g}", ["--epsilon", str(epsilon)])
                                                  for epsilon in args.epsilons]
