@@ -212,12 +212,20 @@ def policy() -> None:
     """Validate and test policy files."""
 
 
-def _pipeline_or_exit(path: Path) -> Pipeline:
+def _pipeline_or_exit(path: Path, state_dir: Path | None = None) -> Pipeline:
+    """`state_dir`: whose activated classifier `model: builtin` means (None: the shipped one)."""
+    from classifiers.deployment import ClassifierDeployment
+    from classifiers.labels import ClassifierError
     from gateway.pipeline import load_pipeline
     from policies.schema import PolicyError
 
     try:
-        return load_pipeline(path)
+        deployed = ClassifierDeployment(state_dir).active() if state_dir is not None else None
+    except ClassifierError as exc:
+        click.echo(f"wardgate: {exc}", err=True)
+        sys.exit(2)
+    try:
+        return load_pipeline(path, deployed=deployed)
     except PolicyError as exc:
         click.echo(f"wardgate: invalid policy:\n{exc}", err=True)
         sys.exit(2)
@@ -235,13 +243,16 @@ def policy_validate(file: Path) -> None:
 
 @policy.command("test")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def policy_test(file: Path) -> None:
+@click.option("--state-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Test with the classifier this gateway state directory has activated "
+                   "(`wardgate classifier activate`; default: the shipped one).")
+def policy_test(file: Path, state_dir: Path | None) -> None:
     """Run FILE's golden tests; exit 1 if any fails."""
     import asyncio
 
     from gateway.pipeline import golden_failures
 
-    pipeline = _pipeline_or_exit(file)
+    pipeline = _pipeline_or_exit(file, state_dir)
     results = asyncio.run(pipeline.run_golden_tests())
     width = max([len("expected"), *(max(len(r.expected), len(r.got)) for r in results)])
     click.echo(f"{'result':<6}  {'direction':<9}  {'expected':<{width}}  {'got':<{width}}  text")

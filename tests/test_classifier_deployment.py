@@ -92,6 +92,16 @@ def test_cli_activate_refuses_what_is_not_an_artifact_and_records_what_it_activa
     assert recorded == [("classifier_activated", digest), ("classifier_rolled_back", SHIPPED)]
 
 
+def test_policy_test_runs_the_golden_tests_with_the_activated_classifier(tmp_path):
+    policy, state = tmp_path / "policy.yaml", tmp_path / "state"
+    write(policy, POLICY + GOLDEN)
+    ClassifierDeployment(state).activate(trigger_happy_artifact(tmp_path / "candidate"), "test")
+    shipped = wardgate("policy", "test", str(policy))
+    assert shipped.returncode == 0 and "1 passed, 0 failed" in shipped.stdout
+    activated = wardgate("policy", "test", str(policy), "--state-dir", str(state))
+    assert activated.returncode == 1 and "0 passed, 1 failed" in activated.stdout
+
+
 def _gateway(start_gateway, upstream, tmp_path: Path, policy_text: str):
     policy, config, state = tmp_path / "policy.yaml", tmp_path / "wardgate.yaml", tmp_path / "state"
     write(policy, policy_text)
