@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ import uuid
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+
+from harness import percentile  # noqa: E402  (bench/harness.py)
 
 from privacy.audit.record import AuditRecord, new_record, retain_text  # noqa: E402
 from privacy.audit.signing import HmacSigner  # noqa: E402
@@ -60,10 +61,6 @@ def request_record() -> AuditRecord:
     for role in ("prompt", "completion"):
         record.texts.append(retain_text(role, PROMPT, retained(PROMPT, "redacted"), "user-42", 90))
     return record
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else values[0]
 
 
 async def group_commit(dsn: str, spill: Path, concurrency: int, duration: float) -> tuple[float, list[float]]:
@@ -104,8 +101,8 @@ def per_record(dsn: str, duration: float) -> tuple[float, list[float]]:
 
 def report(name: str, rate: float, latencies: list[float]) -> None:
     print(f"{name}.records_per_s: {rate:.0f} records/s")
-    print(f"{name}.p50: {percentile(latencies, 50) * 1000:.2f} ms")
-    print(f"{name}.p99: {percentile(latencies, 99) * 1000:.2f} ms")
+    print(f"{name}.p50: {percentile(latencies, 0.50) * 1000:.2f} ms")
+    print(f"{name}.p99: {percentile(latencies, 0.99) * 1000:.2f} ms")
 
 
 def bench_backend(name: str, dsn: str, scratch: Path, duration: float, concurrencies: list[int]) -> None:

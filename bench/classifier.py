@@ -80,7 +80,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import percentile, progress, ratio, stop, warn_invalid  # bench/harness.py, next to this script
+from harness import BenchFailed, percentile, progress, ratio, stop, warn_invalid  # bench/harness.py
 from harness import wait_ready as harness_wait_ready
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -120,10 +120,6 @@ input:
   stages:
     - {type: classifier, model: MODEL, block: {unsafe: 0.5}}
 """
-
-
-class BenchFailed(Exception):
-    """Something the run needs could not be started or answered wrongly."""
 
 
 # ---------------------------------------------------------------------------------------------

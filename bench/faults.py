@@ -82,12 +82,17 @@ from aiohttp import web
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
-from harness import free_port, percentile, progress, ratio, stop, wait_ready  # noqa: E402  (bench/harness.py)
+from harness import (  # noqa: E402  (bench/harness.py)
+    WARDGATE_BIN,
+    BenchFailed,
+    percentile,
+    progress,
+    ratio,
+    wardgate_serving,
+)
 
 from tests.fake_moderation import FakeModeration  # noqa: E402
 from tests.fake_upstream import FakeUpstream  # noqa: E402
-
-WARDGATE_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "wardgate"
 
 # The schedule in twelfths of the run: (phase, length). Each fault holds for its whole window.
 SCHEDULE = (("normal", 1), ("hook_down", 2), ("normal", 2), ("upstream_503", 1), ("upstream_500", 1),
@@ -107,10 +112,6 @@ RETRY_DEADLINE_S = 1.0
 UPSTREAM_TOTAL_TIMEOUT_S = 2.0
 STARTUP_TIMEOUT_S = 60.0
 AUDIT_SETTLE_TIMEOUT_S = 30.0
-
-
-class BenchFailed(Exception):
-    """A server would not start, or answered a check request wrongly: nothing worth measuring."""
 
 
 class SwitchableUpstream(FakeUpstream):
@@ -217,11 +218,6 @@ def write_config(path: Path, timing: Timing, state_dir: Path) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return response.status == 200
-
-
 @contextmanager
 def servers(workdir: Path, timing: Timing) -> Iterator[Servers]:
     """The fakes and a gateway in front of them, for the duration of the block."""
@@ -232,20 +228,11 @@ def servers(workdir: Path, timing: Timing) -> Iterator[Servers]:
                                            workdir / "audit.sqlite3", workdir / "state")
     write_policy(policy, moderation.url + "/v1/moderations")
     write_config(config, timing, state_dir)
-    port = free_port()
-    log = workdir / "wardgate.log"
-    cmd = [str(WARDGATE_BIN), "serve", "--config", str(config), "--port", str(port), "--upstream", primary.url,
-           "--fallback-upstream", fallback.url, "--policy", str(policy), "--audit-dsn", str(audit_db)]
+    arguments = ["--config", str(config), "--upstream", primary.url, "--fallback-upstream", fallback.url,
+                 "--policy", str(policy), "--audit-dsn", str(audit_db)]
     try:
-        with log.open("wb") as log_file:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(proc, lambda: http_ok(url + "/readyz"), log, STARTUP_TIMEOUT_S, BenchFailed)
+        with wardgate_serving(arguments, workdir / "wardgate.log", STARTUP_TIMEOUT_S) as url:
             yield Servers(primary, fallback, moderation, url, audit_db, state_dir)
-        finally:
-            stop(proc)
     finally:
         for fake in (primary, fallback, moderation):
             fake.stop()

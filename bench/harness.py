@@ -9,9 +9,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
+
+WARDGATE_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "wardgate"
+
+
+class BenchFailed(Exception):
+    """A server would not start, or answered a check request wrongly: nothing worth measuring."""
 
 
 class HasErrors(Protocol):
@@ -73,6 +81,28 @@ def wait_ready(proc: subprocess.Popen[bytes], is_ready: Callable[[], bool], log:
             pass
         time.sleep(0.2)
     raise failure(f"not ready after {timeout_s:.0f} s:\n{log_tail(log)}")
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+
+
+@contextmanager
+def wardgate_serving(args: list[str], log: Path, timeout_s: float,
+                     env: dict[str, str] | None = None) -> Iterator[str]:
+    """`wardgate serve ARGS` on a free port, its output in `log`; yields its URL once /readyz answers
+    (BenchFailed if it does not) and stops it, and all it started, at the end of the block."""
+    port = free_port()
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen([str(WARDGATE_BIN), "serve", "--port", str(port), *args], stdin=subprocess.DEVNULL,
+                                stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(proc, lambda: http_ok(url + "/readyz"), log, timeout_s, BenchFailed)
+        yield url
+    finally:
+        stop(proc)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -26,45 +26,18 @@ import os
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from harness import free_port, progress, ratio, stop, wait_ready  # noqa: E402  (bench/harness.py)
+from harness import BenchFailed, progress, ratio, wardgate_serving  # noqa: E402  (bench/harness.py)
 
 from tests.fake_upstream import FakeUpstream  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 LOCUSTFILE = ROOT / "deploy" / "load" / "locustfile.py"
 STARTUP_TIMEOUT_S = 120
-
-
-class BenchFailed(Exception):
-    pass
-
-
-def http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return response.status == 200
-
-
-def start_gateway(workdir: Path, upstream_url: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = workdir / "wardgate.log"
-    env = {**os.environ, "WARDGATE_STATE_DIR": str(workdir / "state")}
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen([str(VENV_BIN / "wardgate"), "serve", "--port", str(port), "--upstream", upstream_url],
-                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, lambda: http_ok(url + "/readyz"), log, STARTUP_TIMEOUT_S, BenchFailed)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, url
 
 
 def run_locust(name: str, host: str, workdir: Path, args: argparse.Namespace) -> dict:
@@ -106,11 +79,9 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="wardgate-locust-") as scratch:
             workdir = Path(scratch)
-            proc, url = start_gateway(workdir, fake.url)
-            try:
+            env = {**os.environ, "WARDGATE_STATE_DIR": str(workdir / "state")}
+            with wardgate_serving(["--upstream", fake.url], workdir / "wardgate.log", STARTUP_TIMEOUT_S, env) as url:
                 gateway = run_locust("gateway", url, workdir, args)
-            finally:
-                stop(proc)
             peer = None if args.no_peer else run_locust("direct", fake.url, workdir, args)
     finally:
         fake.stop()
