@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from privacy.audit.store import AuditFilter, open_store
 from tests.fake_upstream import FakeUpstream
 
 WARDGATE = str(Path(sys.executable).parent / "wardgate")
@@ -25,6 +26,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def audit_events(database: Path) -> list[dict]:
+    """The bodies of the admin events in an audit log, oldest first."""
+    store = open_store(str(database))
+    try:
+        return [row.body for row in store.query(AuditFilter(kind="event"), limit=100)]
+    finally:
+        store.close()
 
 
 class WardgateProcess:

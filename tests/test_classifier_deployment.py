@@ -13,6 +13,7 @@ from classifiers.deployment import SHIPPED, ClassifierDeployment, artifact_diges
 from classifiers.labels import ClassifierError
 from classifiers.registry import BUILTIN_DIR
 from privacy.audit.store import AuditFilter, open_store
+from tests.conftest import audit_events
 from tests.test_audit_cli import wardgate
 from tests.test_policy_reload import write
 from tests.test_rollout import active_version, chat, events, metric, traffic, wait_for
@@ -83,12 +84,7 @@ def test_cli_activate_refuses_what_is_not_an_artifact_and_records_what_it_activa
     rolled = wardgate("classifier", "rollback", "--state-dir", str(state))
     assert rolled.returncode == 0 and "active classifier: shipped" in rolled.stdout
     assert ClassifierDeployment(state).active() is None
-    store = open_store(str(state / "audit.sqlite3"))
-    try:
-        recorded = [(row.body["event"], row.body["classifier_digest"])
-                    for row in store.query(AuditFilter(kind="event"), limit=10)]
-    finally:
-        store.close()
+    recorded = [(body["event"], body["classifier_digest"]) for body in audit_events(state / "audit.sqlite3")]
     assert recorded == [("classifier_activated", digest), ("classifier_rolled_back", SHIPPED)]
 
 
@@ -128,15 +124,15 @@ def test_an_activated_classifier_that_blocks_too_much_is_rolled_back_under_live_
     # The deployment names the shipped classifier again: a restart does not bring the bad one back.
     assert deployment.active() is None
     assert [event.event for event in deployment.history()] == ["activated", "rolled_back"]
+    [rollback] = [body for body in audit_events(tmp_path / "audit.sqlite3")
+                  if body["event"] == "classifier_rolled_back"]
     store = open_store(str(tmp_path / "audit.sqlite3"))
     try:
-        [rollback] = [row for row in store.query(AuditFilter(kind="event"), limit=100)
-                      if row.body["event"] == "classifier_rolled_back"]
         blocked = [row for row in store.query(AuditFilter(kind="request"), limit=100)
                    if row.body.get("decision") == "block"]
     finally:
         store.close()
-    assert rollback.body["rolled_back_classifier_digest"] == deployed.digest and "block rate" in rollback.body["reason"]
+    assert rollback["rolled_back_classifier_digest"] == deployed.digest and "block rate" in rollback["reason"]
     # Each decision names the classifier that made it.
     assert blocked and {row.body["classifier_digest"] for row in blocked} == {deployed.digest}
 
@@ -147,11 +143,6 @@ def test_a_classifier_that_fails_the_policys_golden_tests_never_serves(start_gat
     wait_for(lambda: ("policy_refused", None) in events(tmp_path))
     wait_for(lambda: deployment.active() is None)  # pointed back at once
     assert chat(gateway, "hello there").status_code == 200
-    store = open_store(str(tmp_path / "audit.sqlite3"))
-    try:
-        [refused] = [row.body for row in store.query(AuditFilter(kind="event"), limit=100)
-                     if row.body["event"] == "policy_refused"]
-    finally:
-        store.close()
+    [refused] = [body for body in audit_events(tmp_path / "audit.sqlite3") if body["event"] == "policy_refused"]
     assert "hello there" in refused["reason"] and refused["refused_classifier_digest"] == deployed.digest
     assert deployment.history()[-1].reason == "failed golden tests"

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from classifiers.artifact import load_artifact, read_config
 from classifiers.registry import BUILTIN_DIR
 from gateway.cli import main
-from privacy.audit.store import AuditFilter, open_store
+from tests.conftest import audit_events
 
 SAFE = ("How do I bake {} loaves of bread?", "Recommend {} books about gardening.", "What is {} plus seven?",
         "Write a short poem about {} sleepy cats.")
@@ -106,19 +106,13 @@ def test_a_private_run_states_a_guarantee_that_recomputes_and_is_audited(tmp_pat
     assert not torch.equal(model.head.weight, base.head.weight)  # trained
     assert torch.equal(model.encoder.encoder.layer[0].output.dense.weight,
                        base.encoder.encoder.layer[0].output.dense.weight)  # frozen, and kept from the base
-    store = open_store(str(state / "audit.sqlite3"))
-    [event] = [row.body for row in store.query(AuditFilter(kind="event"), limit=10)
-               if row.body["event"] == "dp_training_completed"]
-    store.close()
+    [event] = [body for body in audit_events(state / "audit.sqlite3") if body["event"] == "dp_training_completed"]
     assert event["epsilon"] == report["epsilon"] and event["noise_multiplier"] == report["noise_multiplier"]
     assert event["artifact"] == str(out / "artifact")
     # The gateway's classifier rollout takes it like any artifact, and its activation carries the guarantee.
     activated = CliRunner().invoke(main, ["classifier", "activate", str(out / "artifact"), "--state-dir", str(state)])
     assert activated.exit_code == 0, activated.output
-    store = open_store(str(state / "audit.sqlite3"))
-    [event] = [row.body for row in store.query(AuditFilter(kind="event"), limit=10)
-               if row.body["event"] == "classifier_activated"]
-    store.close()
+    [event] = [body for body in audit_events(state / "audit.sqlite3") if body["event"] == "classifier_activated"]
     assert event["dp_training"]["epsilon"] == report["epsilon"]
 
 

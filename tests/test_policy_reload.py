@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from privacy.audit.store import AuditFilter, open_store
-from tests.conftest import WARDGATE
+from tests.conftest import WARDGATE, audit_events
 from tests.test_errors import assert_coded_error
 
 ADMIN_KEY = "wg-test-admin"
@@ -176,12 +175,10 @@ def test_history_and_rollback_work_after_a_restart(live, start_gateway, upstream
     assert policy.read_text() == v1
     assert "version v1" in rollback.stdout
     # Each policy change is an admin event in the audit log too, the rollback by the CLI included.
-    audit = open_store(str(state / "audit.sqlite3"))
-    events = [(row.body["event"], row.body.get("policy_version")) for row in audit.query(
-        AuditFilter(kind="event"), limit=100) if row.body["event"] != "admin_access"]
+    events = [(body["event"], body.get("policy_version")) for body in audit_events(state / "audit.sqlite3")
+              if body["event"] != "admin_access"]
     assert events == [("policy_activated", "v1"), ("policy_activated", "v2"), ("policy_refused", None),
                       ("policy_rolled_back", "v1")]
-    audit.close()
 
     restarted = start_gateway("--config", str(tmp_path / "wardgate.yaml"), "--upstream", upstream.url,
                               "--policy", str(policy), env={"WARDGATE_STATE_DIR": str(state)})

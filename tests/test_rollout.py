@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from privacy.audit.store import AuditFilter, open_store
+from tests.conftest import audit_events
 from tests.test_policy_reload import write
 
 POLICY = """\
@@ -66,12 +66,8 @@ def wait_for(predicate, timeout_s: float = 10) -> None:
 
 
 def events(tmp_path: Path) -> list[tuple[str, str | None]]:
-    store = open_store(str(tmp_path / "audit.sqlite3"))
-    try:
-        return [(row.body["event"], row.body.get("policy_version")) for row in
-                store.query(AuditFilter(kind="event"), limit=100) if row.body["event"] != "admin_access"]
-    finally:
-        store.close()
+    return [(body["event"], body.get("policy_version")) for body in audit_events(tmp_path / "audit.sqlite3")
+            if body["event"] != "admin_access"]
 
 
 def test_a_version_whose_block_rate_jumps_is_rolled_back_under_live_traffic(start_gateway, upstream, tmp_path):
@@ -86,9 +82,8 @@ def test_a_version_whose_block_rate_jumps_is_rolled_back_under_live_traffic(star
     assert traffic(gateway, 5) == [200] * 5
     assert metric(gateway, 'wardgate_policy_rollbacks_total{mode="direct"}') == 1.0
     assert events(tmp_path)[-1] == ("policy_rolled_back", "v1")
-    [rollback] = [row for row in open_store(str(tmp_path / "audit.sqlite3")).query(
-        AuditFilter(kind="event"), limit=100) if row.body["event"] == "policy_rolled_back"]
-    assert rollback.body["rolled_back_version"] == "v2" and "block rate" in rollback.body["reason"]
+    [rollback] = [body for body in audit_events(tmp_path / "audit.sqlite3") if body["event"] == "policy_rolled_back"]
+    assert rollback["rolled_back_version"] == "v2" and "block rate" in rollback["reason"]
 
 
 def test_a_canary_serves_its_share_and_is_withdrawn_on_a_breach(start_gateway, upstream, tmp_path):
