@@ -28,7 +28,7 @@ from gateway.policy_reload import PolicyManager
 from gateway.ratelimit import build_rate_limiter
 from gateway.rollout import GuardRails
 from gateway.routes import OpenAIProxy, Probes, build_routes
-from gateway.telemetry import AUDIT_BREAKER, BREAKER_STATE_CODES, Metrics, RequestTelemetry
+from gateway.telemetry import AUDIT_BREAKER, Metrics, RequestTelemetry
 from gateway.tracing import configure_tracing, shutdown_tracing
 from gateway.upstream import UpstreamClient
 from policies.history import PolicyHistory
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> Starlette:
     if audit is not None:
         metrics.audit_queue_depth.set_function(lambda: audit.queue_depth)
         # The writer reports each change of its store's breaker; this is where it starts.
-        metrics.breaker_state.labels(AUDIT_BREAKER).set(BREAKER_STATE_CODES[audit.breaker_state])
+        metrics.show_breaker_state(AUDIT_BREAKER, audit.breaker_state)
     path = policy_path(settings.policy)
     policies = None
     if path is not None:

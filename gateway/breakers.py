@@ -114,7 +114,7 @@ class Breaker:
         self._trial = False  # this process's half-open trial call is in flight
         self._attach(pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED))
         if metrics is not None:
-            metrics.breaker_state.labels(name).set(0)
+            metrics.show_breaker_state(name, pybreaker.STATE_CLOSED)
 
     def _attach(self, storage: pybreaker.CircuitBreakerStorage) -> None:
         self._storage = storage

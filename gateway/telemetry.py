@@ -249,9 +249,13 @@ class Metrics:
     def breaker_changed(self, state: str) -> None:
         self.set_breaker_state(AUDIT_BREAKER, state)
 
-    def set_breaker_state(self, name: str, state: str) -> None:
-        """A circuit breaker's new state (closed, half-open, open): the gauge and the transition count."""
+    def show_breaker_state(self, name: str, state: str) -> None:
+        """A circuit breaker's state (closed, half-open, open) on the gauge: where it starts, or a change."""
         self.breaker_state.labels(name).set(BREAKER_STATE_CODES[state])
+
+    def set_breaker_state(self, name: str, state: str) -> None:
+        """A circuit breaker's new state: the gauge and the transition count."""
+        self.show_breaker_state(name, state)
         self.breaker_transitions.labels(name, state).inc()
 
     def set_active_policy(self, version: str, digest: str) -> None:
