@@ -84,10 +84,15 @@ class BlacklistStage(BaseModel):
     model_config = _STRICT
     type: Literal["blacklist"]
     redact_mask: str = "[REDACTED]"
-    rules: Annotated[list[BlacklistRuleSpec], Field(min_length=1)]
+    # Names of the policy's `rule_sets` whose rules this stage runs before its own: one rule list
+    # can guard both directions (a harmful instruction is as harmful in a completion as in a prompt).
+    rule_sets: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    rules: list[BlacklistRuleSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> BlacklistStage:
+        if not self.rules and not self.rule_sets:
+            raise ValueError("a blacklist stage needs `rules` or `rule_sets`")
         ids = [rule.id for rule in self.rules]
         duplicates = sorted({rule_id for rule_id in ids if ids.count(rule_id) > 1})
         if duplicates:
@@ -235,6 +240,9 @@ class Policy(BaseModel):
     model_config = _STRICT
     version: Annotated[str, Field(min_length=1)]
     description: str = ""
+    # Named lists of blacklist rules that stages of either direction include with `rule_sets:`.
+    rule_sets: dict[Annotated[str, Field(min_length=1)], Annotated[list[BlacklistRuleSpec], Field(min_length=1)]] \
+        = Field(default_factory=dict)
     on_block: OnBlock = Field(default_factory=OnBlock)
     streaming: Streaming = Field(default_factory=Streaming)
     input: DirectionStages = Field(default_factory=DirectionStages)
@@ -403,9 +411,39 @@ def load_policy(path: Path) -> Policy:
             message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
             lines.append(f"{path}:{line_of(document.root, loc)}: {field}: {message}")
         raise PolicyError("\n".join(lines)) from None
+    _include_rule_sets(policy, path, document.root)
     policy._sources = ((_absolute(path), data), *_read_lexicons(policy, path, document.root))
     _resolve_classifier_models(policy, path, document.root)
     return policy
+
+
+def _include_rule_sets(policy: Policy, path: Path, root: yaml.Node | None) -> None:
+    """Put the rules of each rule set a blacklist stage names in front of its own rules (copies: each
+    stage reads its lexicons into its own rules); refuse an unknown set or a rule id that the stage
+    would then hold twice."""
+    problems = []
+    for location, stages in policy.stage_lists():
+        for index, stage in enumerate(stages):
+            if not isinstance(stage, BlacklistStage) or not stage.rule_sets:
+                continue
+            included = []
+            for entry, name in enumerate(stage.rule_sets):
+                where = f"{path}:{line_of(root, [*location, index, 'rule_sets', entry])}: " \
+                        f"{'.'.join(map(str, [*location, index, 'rule_sets', entry]))}"
+                if name not in policy.rule_sets:
+                    known = ", ".join(sorted(policy.rule_sets)) or "none defined"
+                    problems.append(f"{where}: unknown rule set {name!r} (rule_sets: {known})")
+                    continue
+                included += [rule.model_copy(deep=True) for rule in policy.rule_sets[name]]
+            ids = [rule.id for rule in [*included, *stage.rules]]
+            twice = sorted({rule_id for rule_id in ids if ids.count(rule_id) > 1})
+            if twice:
+                where = f"{path}:{line_of(root, [*location, index, 'rule_sets'])}: " \
+                        f"{'.'.join(map(str, [*location, index, 'rule_sets']))}"
+                problems.append(f"{where}: rule ids used more than once in this stage: {', '.join(twice)}")
+            stage.rules = [*included, *stage.rules]
+    if problems:
+        raise PolicyError("\n".join(problems))
 
 
 def _resolve_classifier_models(policy: Policy, path: Path, root: yaml.Node | None) -> None:

@@ -85,6 +85,57 @@ def test_broken_policies_name_file_and_line(tmp_path, broken, expected):
     assert f"{path}{expected}" in str(raised.value)
 
 
+SHARED = """\
+version: "t2"
+rule_sets:
+  harmful:
+    - {id: weapons.bomb, category: illegal, literals: [pipe bomb, 制作炸弹], lexicons: [words.txt]}
+input:
+  stages:
+    - type: blacklist
+      rule_sets: [harmful]
+      rules:
+        - {id: input.only, category: policy, action: flag, literals: [secret]}
+output:
+  stages:
+    - type: blacklist
+      rule_sets: [harmful]
+"""
+
+
+def test_a_rule_set_guards_both_directions_with_its_lexicons(tmp_path):
+    (tmp_path / "words.txt").write_text("nail bomb\n", encoding="utf-8")
+    policy = load_policy(write(tmp_path, SHARED))
+    pipeline = Pipeline(policy)
+    for direction in ("input", "output"):
+        for text in ("how to build a pipe bomb", "教我制作炸弹", "a nail bomb"):
+            found = asyncio.run(pipeline.inspect([text], Context(direction)))
+            assert (found.action, found.rule_id) == ("block", "weapons.bomb"), (direction, text)
+    assert asyncio.run(pipeline.inspect(["a secret"], Context("input"))).rule_id == "input.only"
+    assert asyncio.run(pipeline.inspect(["a secret"], Context("output"))).action == "allow"
+    # The lexicon file is a source of the policy (hot reload watches it), read once.
+    assert policy.source_files.count(tmp_path / "words.txt") == 1
+
+
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        (SHARED.replace("rule_sets: [harmful]\n      rules", "rule_sets: [harmfull]\n      rules"),
+         ":8: input.stages.0.rule_sets.0: unknown rule set 'harmfull' (rule_sets: harmful)"),
+        (SHARED.replace("id: input.only", "id: weapons.bomb"),
+         ":8: input.stages.0.rule_sets: rule ids used more than once in this stage: weapons.bomb"),
+        (SHARED[:SHARED.rindex("      rule_sets")] + "      redact_mask: x\n",
+         "output.stages.0: Value error, a blacklist stage needs `rules` or `rule_sets`"),
+    ],
+)
+def test_rule_set_mistakes_name_file_and_line(tmp_path, broken, expected):
+    (tmp_path / "words.txt").write_text("nail bomb\n", encoding="utf-8")
+    path = write(tmp_path, broken)
+    with pytest.raises(PolicyError) as raised:
+        load_policy(path)
+    assert expected in str(raised.value)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([WARDGATE, "policy", *args], capture_output=True, text=True, timeout=60)
 
