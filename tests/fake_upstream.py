@@ -8,6 +8,7 @@ records what it observed (request headers, a client that went away) for the test
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -18,6 +19,7 @@ from aiohttp import web
 from tests.loopback import LoopbackServer
 
 STREAM_WORDS = ["Hello", " from", " the", " fake", " model", ",", " 你好", "!"]
+SCRIPTED_PREFIX = "say:"
 SPLIT_STREAM_PIECES = ["A harmless opening sentence. ", "The word is for", "bidden", "-output!"]
 
 
@@ -60,6 +62,19 @@ class Observations:
                 return True
             time.sleep(0.01)
         return False
+
+
+def scripted_model(pieces: list[str]) -> str:
+    """A model name that makes the fake answer with `pieces` joined, or stream them one event each.
+    The answer rides in the model name because the gateway never inspects that field: what the
+    model "says" reaches the output side untouched by input inspection."""
+    encoded = base64.urlsafe_b64encode(json.dumps(pieces).encode()).decode().rstrip("=")
+    return SCRIPTED_PREFIX + encoded
+
+
+def scripted_pieces(model: str) -> list[str]:
+    encoded = model.removeprefix(SCRIPTED_PREFIX)
+    return json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
 
 
 def completion_body(model: str, content: str) -> dict:
@@ -137,6 +152,7 @@ class FakeUpstream(LoopbackServer):
                        then nothing for 5 s unless the client leaves
         error500       HTTP 500 with an error body
         bad-request    HTTP 400 with an OpenAI-style error body (to be passed through)
+        say:*          answers with the pieces `scripted_model(pieces)` encoded, joined (or one event each)
         503-once-*     HTTP 503 for the first request with this exact model name, then like echo
         retry-after-N-*  the same, with `Retry-After: N` on the 503
         always-503*    HTTP 503 every time
@@ -147,6 +163,11 @@ class FakeUpstream(LoopbackServer):
         stream = body.get("stream", False)
         if model == "echo" and not stream:
             return web.json_response(completion_body(model, "echo: " + body["messages"][-1]["content"]))
+        if model.startswith(SCRIPTED_PREFIX):
+            pieces = scripted_pieces(model)
+            if not stream:
+                return web.json_response(completion_body(model, "".join(pieces)))
+            return await self._stream(request, model, delay=0.0, words=pieces)
         if model == "echo":
             return await self._stream(request, model, delay=0.0)
         if model == "slow-stream":
@@ -214,11 +235,12 @@ class FakeUpstream(LoopbackServer):
         await response.prepare(request)
         return response
 
-    async def _stream(self, request: web.Request, model: str, delay: float, repeat: int = 1) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, model: str, delay: float, repeat: int = 1,
+                      words: list[str] = STREAM_WORDS) -> web.StreamResponse:
         response = await self._start_sse(request)
         try:
             await response.write(chunk_event(model, {"role": "assistant", "content": ""}))
-            for word in STREAM_WORDS * repeat:
+            for word in words * repeat:
                 await asyncio.sleep(delay)
                 await response.write(chunk_event(model, {"content": word}))
             await response.write(chunk_event(model, {}, finish_reason="stop"))
