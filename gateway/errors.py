@@ -182,6 +182,23 @@ METHOD_NOT_ALLOWED = _register(ErrorKind(
     "For example a GET on /v1/chat/completions, which only accepts POST.",
     "Use the method the OpenAI API documents for the route.",
 ))
+BODY_TIMEOUT = _register(ErrorKind(
+    "WG4007", "body_timeout", 408, "invalid_request_error",
+    "The request body did not arrive in time; the connection is closed.",
+    "The client sent the request's headers but not its whole body within `body_timeout_s` (default 10 s). "
+    "Bodies are read before a request takes a concurrency slot, so a slow upload holds no slot; the "
+    "gateway then gives up on it rather than keep the connection open.",
+    "Send the body at once after the headers. Operators: raise `body_timeout_s` if clients on slow links "
+    "send large prompts.",
+))
+HEADERS_TOO_LARGE = _register(ErrorKind(
+    "WG4008", "headers_too_large", 431, "invalid_request_error",
+    "The request line and headers are larger than this gateway accepts; the connection is closed.",
+    "The request line and headers together exceeded `max_header_bytes` (default 64 KiB) before they ended. "
+    "(A client that sends its headers slower than `header_timeout_s` is disconnected without an answer: "
+    "there is no request yet to answer.)",
+    "Send fewer or smaller headers (a large cookie or token is the usual cause), or raise `max_header_bytes`.",
+))
 
 OVERLOADED = _register(ErrorKind(
     "WG5001", "overloaded", 429, "rate_limit_error",
