@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> Starlette:
         OpenAIProxy(upstream, settings, policies), Probes(upstream, metrics, breakers, audit),
         Authenticator(settings.api_keys), admission, rate_limiter,
     )
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestTelemetry, metrics=metrics, route_paths=frozenset(route.path for route in routes),
@@ -124,3 +124,7 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # Starlette answers a path that differs by a trailing slash with a 307 to the URL rebuilt from the
+    # client's Host header: an open redirect, before authentication. Such a path is unknown here (404).
+    app.router.redirect_slashes = False
+    return app
