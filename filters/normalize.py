@@ -426,17 +426,29 @@ def _cuts(folded: str, marked: str | None, ascii_only: bool) -> list[tuple[int, 
     skeleton = b" " + encoded.translate(_SKELETON) + b" "
     gate = _SPELLED_GATE_ASCII if ascii_only else _SPELLED_GATE
     position = 0  # in the skeleton: byte offset in `encoded` + 1
+    # Byte and character offsets of one place, moved forward with the hints: converting only the
+    # stretch since the last hint keeps this linear (re-decoding each prefix was quadratic).
+    at_byte = at_char = 0
     while hint := gate.search(skeleton, position):
         # The hint's first byte is the one before the first letter: its offset in `encoded` is
         # where the letter starts.
-        start = hint.start() if ascii_only else len(encoded[:hint.start()].decode("utf-8", "surrogatepass"))
+        if ascii_only:
+            start = hint.start()
+        else:
+            at_char += len(encoded[at_byte:hint.start()].decode("utf-8", "surrogatepass"))
+            at_byte = start_byte = hint.start()
+            start = at_char
         match = _SPELLED.match(folded, start)
         if match is None:
             position = hint.start() + 1
             continue
         gap = len(match.group("gap"))
         cuts.extend((start, start + gap) for start in range(match.start() + 1, match.end() - 1, gap + 1))
-        position = match.end() if ascii_only else len(folded[:match.end()].encode("utf-8", "surrogatepass"))
+        if ascii_only:
+            position = match.end()
+        else:
+            at_byte = start_byte + len(folded[start:match.end()].encode("utf-8", "surrogatepass"))
+            at_char, position = match.end(), at_byte
     cuts.sort()
     return cuts
 
