@@ -25,14 +25,19 @@ import re
 import re._constants as sre_constants
 import re._parser as sre_parser
 import warnings
-from dataclasses import dataclass
-from itertools import product
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from itertools import accumulate, product
 from typing import Literal
 
 import ahocorasick_rs
 import regex
 
-from filters.normalize import NormalizedText, fold, normalize, prepare
+from filters.normalize import NormalizedText, fold, is_cjk, prepare
+from filters.patterns import for_analysis, transliterate, whole_words, with_separators
+from filters.transliterate import MIN_SYLLABLES, Recomposer, pinyin_view, spell, syllable_count
+from filters.views import TextViews, View, decoded, encoded_runs, matching_form
 
 Action = Literal["block", "flag", "redact"]
 MIN_ATOM_CHARS = 2
@@ -44,6 +49,8 @@ MAX_CLASS_CHARS = 10
 # up to this many bytes: a DFA takes ~600 bytes of memory per key byte (54 MB for the benchmark's
 # 10,000 patterns, the NFA 4 MB), in every stage with a blacklist and twice during a reload.
 MAX_DFA_KEY_BYTES = 128 * 1024
+# Decoded text (entities, percent-escapes, base64, hex) is decoded again this many times at most.
+MAX_DECODE_DEPTH = 2
 
 
 class RuleError(ValueError):
@@ -71,6 +78,10 @@ class Match:
     original_start: int
     original_end: int
     matched: str  # the original text of the span
+    # The view that found it (filters.views): "text", "joined", "leet", "reversed", "pinyin",
+    # "components", or "decoded", "base64", "hex" (with the view of the decoded text after a '/').
+    # start and end are offsets in that view's text.
+    view: str = "text"
 
 
 @dataclass
@@ -378,32 +389,48 @@ class Blacklist:
                 raise RuleError(f"rule id {rule.id!r} is used twice")
             self._index_by_id[rule.id] = index
         prepare()  # when the policy loads, not on the first request with a non-ASCII character
-        self._allow = [tuple(normalize(phrase).text for phrase in rule.allow) for rule in rules]
-        self._compiled = self._compile(rules)
+        self._allow = [tuple(matching_form(phrase) for phrase in rule.allow) for rule in rules]
+        literals = [(index, literal) for index, rule in enumerate(rules) for literal in rule.literals]
+        sources = [(index, source) for index, rule in enumerate(rules) for source in rule.regexes]
+        for index, literal in literals:
+            if not matching_form(literal):
+                raise RuleError(f"rule {rules[index].id}: literal {literal!r} is empty once normalised")
+        self._compiled = self._compile(literals, self._regexes(sources), reversed_keys=True)
+        spelled = self._regexes(_in_pinyin(literals, sources))
+        self._pinyin = self._compile([], spelled, reversed_keys=False) if spelled else None
+        self._recomposer = Recomposer(_cjk_chars(literals, sources), fold=matching_form)
 
-    def _compile(self, rules: list[Rule]) -> _Compiled:
+    def _regexes(self, sources: list[tuple[int, str]]) -> list[_CompiledRegex]:
+        compiled = []
+        for index, source in sources:
+            try:
+                pattern = regex.compile(whole_words(with_separators(source)), regex.IGNORECASE | regex.V1)
+            except regex.error as exc:
+                raise RuleError(f"rule {self.rules[index].id}: invalid regex {source!r}: {exc}") from None
+            analysed = for_analysis(source)
+            atoms = literal_atoms(analysed)
+            reach = match_reach(analysed) if atoms is not None else None
+            # The whole-word test looks one character further on each side.
+            compiled.append(_CompiledRegex(index, source, pattern, atoms, reach + 1 if reach is not None else None))
+        return compiled
+
+    def _compile(self, literals: list[tuple[int, str]], regexes: list[_CompiledRegex],
+                 reversed_keys: bool) -> _Compiled:
         keys: dict[str, list[tuple[str, int]]] = {}
         phrases: list[tuple[int, regex.Pattern]] = []
-        regexes: list[_CompiledRegex] = []
-        for index, rule in enumerate(rules):
-            for literal in rule.literals:
-                key = normalize(literal).text
-                if not key:
-                    raise RuleError(f"rule {rule.id}: literal {literal!r} is empty once normalised")
-                if _PHRASE.fullmatch(key):
-                    self._add_phrase(keys, phrases, key.split(), index)
-                else:
-                    keys.setdefault(key, []).append(("literal", index))
-            for source in rule.regexes:
-                try:
-                    pattern = regex.compile(source, regex.IGNORECASE | regex.V1)
-                except regex.error as exc:
-                    raise RuleError(f"rule {rule.id}: invalid regex {source!r}: {exc}") from None
-                atoms = literal_atoms(source)
-                reach = match_reach(source) if atoms is not None else None
-                regexes.append(_CompiledRegex(index, source, pattern, atoms, reach))
-                for atom in atoms or ():
-                    keys.setdefault(atom, []).append(("regex", len(regexes) - 1))
+        for index, literal in literals:
+            key = matching_form(literal)
+            if _PHRASE.fullmatch(key):
+                self._add_phrase(keys, phrases, key.split(), index)
+            else:
+                keys.setdefault(key, []).append(("literal", index))
+        for position, compiled in enumerate(regexes):
+            for atom in compiled.atoms or ():
+                keys.setdefault(atom, []).append(("regex", position))
+        if reversed_keys:
+            # A key written backwards makes the scan look at the text backwards too.
+            for key in list(keys):
+                keys.setdefault(key[::-1], []).append(("reversed", 0))
         encoded = [key.encode("utf-8", "surrogatepass") for key in keys]
         kind = ahocorasick_rs.Implementation.DFA if sum(map(len, encoded)) <= MAX_DFA_KEY_BYTES \
             else ahocorasick_rs.Implementation.ContiguousNFA
@@ -436,53 +463,106 @@ class Blacklist:
         return [(self.rules[r.rule].id, r.source) for r in self._compiled.regexes if r.atoms is None]
 
     def scan(self, text: str | NormalizedText) -> list[Match]:
-        normalized = text if isinstance(text, NormalizedText) else normalize(text)
-        folded = normalized.text
-        compiled = self._compiled
+        """Every match of every rule in every view of `text` (see filters.views), once per rule and
+        span of `text`, in the order of the spans. Text already normalised is scanned as it is."""
+        if isinstance(text, NormalizedText):
+            found, _ = self._scan_view(View("text", text.text, text.original_span), self._compiled, text.original)
+        else:
+            found = self._scan_text(text, depth=0)
+        kept: dict[tuple[str, int, int], Match] = {}
+        for match in found:
+            kept.setdefault((match.rule_id, match.original_start, match.original_end), match)
+        return sorted(kept.values(), key=lambda match: (match.original_start, match.original_end, match.rule_id))
+
+    def _scan_text(self, text: str, depth: int) -> list[Match]:
+        views = TextViews(text)
+        found, reversed_key_seen = self._scan_view(views.base, self._compiled, text)
+        derived = [*views.leet(), views.joined(), self._recomposer.view(views.base)]
+        if reversed_key_seen:
+            derived.append(views.reversed())
+        for view in derived:
+            if view is not None:
+                found += self._scan_view(view, self._compiled, text)[0]
+        if self._pinyin is not None and (spelled := pinyin_view(views.base)) is not None:
+            found += self._scan_view(spelled, self._pinyin, text)[0]
+        if depth < MAX_DECODE_DEPTH:
+            found += self._scan_decoded(text, depth)
+        return found
+
+    def _scan_decoded(self, text: str, depth: int) -> list[Match]:
+        """Matches in the text's entity- and percent-decoded form and in its base64 and hex runs,
+        each reported on the encoded span of `text`."""
+        found = []
+        entities = decoded(text)
+        if entities is not None:
+            inner, edits = entities
+            found += [_carried(match, edits.back, "decoded", text) for match in self._scan_text(inner, depth + 1)]
+        runs = list(encoded_runs(text))
+        if runs:
+            # One scan for all runs (a text of many short runs pays one scan, not one each); a line
+            # break between them, where no phrase or regex of one run can go on into the next.
+            inner = "\n".join(decoded_run for _, _, decoded_run, _ in runs)
+            starts = list(accumulate((len(decoded_run) + 1 for _, _, decoded_run, _ in runs[:-1]), initial=0))
+
+            def back(start: int, end: int) -> tuple[int, int]:
+                first, last = bisect_right(starts, start) - 1, bisect_right(starts, end - 1) - 1
+                return runs[first][0], runs[last][1]
+
+            for match in self._scan_text(inner, depth + 1):
+                kind = runs[bisect_right(starts, match.original_start) - 1][3]
+                found.append(_carried(match, back, kind, text))
+        return found
+
+    def _scan_view(self, view: View, compiled: _Compiled, text: str) -> tuple[list[Match], bool]:
+        """The matches in one view, and whether a key occurred backwards."""
+        folded = view.text
         matches: list[Match] = []
+        reversed_key_seen = False
         candidates: dict[int, list[tuple[int, int]]] = {index: [] for index in compiled.always}
-        for key, start, end in self._hits(folded):
+        for key, start, end in self._hits(compiled, folded):
             for kind, index in compiled.payloads[key]:
                 if kind == "regex":
                     candidates.setdefault(index, []).append((start, end))
+                elif kind == "reversed":
+                    reversed_key_seen = True
                 elif not _whole_word(folded, start, end):
                     continue
                 elif kind == "literal":
-                    matches.append(self._match(index, normalized, start, end))
+                    matches.append(self._match(index, view, text, start, end))
                 else:
                     rule_index, pattern = compiled.phrases[index]
                     hit = pattern.match(folded, start)
                     if hit is not None:
-                        matches.append(self._match(rule_index, normalized, hit.start("head"), hit.end()))
+                        matches.append(self._match(rule_index, view, text, hit.start("head"), hit.end()))
         for index in sorted(candidates):
             compiled_regex = compiled.regexes[index]
             for window_start, window_end in _windows(candidates[index], compiled_regex.reach, len(folded)):
                 for hit in compiled_regex.pattern.finditer(folded, window_start, window_end):
                     if hit.end() > hit.start():
-                        matches.append(self._match(compiled_regex.rule, normalized, hit.start(), hit.end()))
-        kept = [match for match in matches if not self._allowed(match, folded)]
-        return sorted(kept, key=lambda match: (match.start, match.end, match.rule_id))
+                        matches.append(self._match(compiled_regex.rule, view, text, hit.start(), hit.end()))
+        return [match for match in matches if not self._allowed(match, folded)], reversed_key_seen
 
-    def _hits(self, folded: str) -> list[tuple[int, int, int]]:
+    @staticmethod
+    def _hits(compiled: _Compiled, folded: str) -> list[tuple[int, int, int]]:
         """(key, start, end) of every key in `folded`, in characters, in the order of their ends."""
         encoded = folded.encode("utf-8", "surrogatepass")
-        hits = self._compiled.automaton.find_matches_as_indexes(encoded, overlapping=True)
+        hits = compiled.automaton.find_matches_as_indexes(encoded, overlapping=True)
         if len(encoded) == len(folded):  # ASCII: a byte is a character
             return hits
         # Byte offsets → character offsets, in one pass over the hits. A key is whole UTF-8
         # characters, and UTF-8 never matches in the middle of a character.
-        lengths, result, chars, last = self._compiled.key_lengths, [], 0, 0
+        lengths, result, chars, last = compiled.key_lengths, [], 0, 0
         for key, _, byte_end in hits:
             chars += len(encoded[last:byte_end].decode("utf-8", "surrogatepass"))
             last = byte_end
             result.append((key, chars - lengths[key], chars))
         return result
 
-    def _match(self, rule_index: int, normalized: NormalizedText, start: int, end: int) -> Match:
+    def _match(self, rule_index: int, view: View, text: str, start: int, end: int) -> Match:
         rule = self.rules[rule_index]
-        original_start, original_end = normalized.original_span(start, end)
+        original_start, original_end = view.back(start, end)
         return Match(rule.id, rule.category, rule.action, start, end, original_start, original_end,
-                     normalized.original[original_start:original_end])
+                     text[original_start:original_end], view.name)
 
     def _allowed(self, match: Match, folded: str) -> bool:
         for phrase in self._allow[self._index_by_id[match.rule_id]]:
@@ -493,6 +573,42 @@ class Blacklist:
                     return True
                 position = folded.find(phrase, position + 1, match.start + len(phrase))
         return False
+
+
+def _carried(match: Match, back: Callable[[int, int], tuple[int, int]], kind: str, text: str) -> Match:
+    """A match found in a text decoded from `text`, on the span of `text` it was decoded from."""
+    start, end = back(match.original_start, match.original_end)
+    view = kind if match.view == "text" else f"{kind}/{match.view}"
+    return replace(match, original_start=start, original_end=end, matched=text[start:end], view=view)
+
+
+def _in_pinyin(literals: list[tuple[int, str]], sources: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The Chinese literals and regexes of the rules as patterns over pinyin syllables, where they
+    are long enough (`MIN_SYLLABLES`) and made of Chinese characters only."""
+    spelled = []
+    for index, literal in literals:
+        key = matching_form(literal)
+        if all(is_cjk(char) for char in key) and syllable_count(key) >= MIN_SYLLABLES:
+            pattern = transliterate(regex.escape(key), spell, is_cjk)
+            if pattern is not None:
+                spelled.append((index, pattern))
+    for index, source in sources:
+        pattern = transliterate(fold(source), spell, is_cjk)
+        if pattern is not None and _shortest(source) >= MIN_SYLLABLES:
+            spelled.append((index, pattern))
+    return spelled
+
+
+def _shortest(source: str) -> int:
+    try:
+        return sre_parser.parse(for_analysis(source)).getwidth()[0]
+    except (re.error, OverflowError, RecursionError, ValueError):
+        return 0
+
+
+def _cjk_chars(literals: list[tuple[int, str]], sources: list[tuple[int, str]]) -> set[str]:
+    text = "".join(matching_form(literal) for _, literal in literals) + "".join(fold(source) for _, source in sources)
+    return {char for char in text if is_cjk(char)}
 
 
 def _windows(atom_spans: list[tuple[int, int]], reach: int | None, length: int) -> list[tuple[int, int]]:

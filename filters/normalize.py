@@ -58,24 +58,55 @@ _CJK_PUNCTUATION = {
 _CJK_CLAUSE_PUNCTUATION = frozenset("，。！？；：、")
 
 
-def _is_cjk(char: str) -> bool:
+# Links followed from a character to an ASCII look-alike: deeper chains join letters that no longer
+# look alike.
+_CONFUSABLE_DEPTH = 3
+
+
+def is_cjk(char: str) -> bool:
     code = ord(char)
     return 0x3400 <= code <= 0x9FFF or 0xF900 <= code <= 0xFAFF or 0x20000 <= code <= 0x2FA1F
 
 
 @functools.cache
 def _confusable_fold() -> dict[str, str]:
-    """Non-ASCII characters whose homoglyphs include an ASCII letter or digit → that character."""
+    """Non-ASCII characters that look like an ASCII letter or digit → that character (lower case).
+
+    Unicode's confusables data (the `confusable-homoglyphs` package) links look-alikes pairwise and
+    often not to ASCII directly (Greek 'β' → 'ß', small capital 'ᴘ' → Greek 'ᴩ' → Cherokee 'ꮲ'): a
+    character takes the nearest ASCII letter or digit over those links and case pairs ('β' ~ 'Β',
+    listed as 'B'), as a TR39 skeleton would after its case folding; at equal distance a lower-case
+    letter wins over a capital, a letter over a digit."""
     import confusable_homoglyphs
 
     data = json.loads(files(confusable_homoglyphs).joinpath("confusables.json").read_text(encoding="utf-8"))
-    fold = {}
+    links: dict[str, set[str]] = {}
     for char, homoglyphs in data.items():
-        if len(char) != 1 or char.isascii() or _is_cjk(char):
+        for target in (h["c"] for h in homoglyphs):
+            if len(char) == 1 and len(target) == 1:
+                links.setdefault(char, set()).add(target)
+                links.setdefault(target, set()).add(char)
+    for char in list(links):
+        for cased in (char.lower(), char.upper()):
+            if len(cased) == 1 and cased != char:
+                links[char].add(cased)
+                links.setdefault(cased, set()).add(char)
+
+    def preference(char: str) -> tuple[bool, bool, str]:
+        return not char.islower(), not char.isalpha(), char
+
+    fold = {}
+    for char in links:
+        if char.isascii() or is_cjk(char):
             continue
-        targets = [h["c"] for h in homoglyphs if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalnum()]
-        if targets:
-            fold[char] = targets[0].lower()
+        seen, frontier = {char}, [char]
+        for _ in range(_CONFUSABLE_DEPTH):
+            frontier = sorted({near for here in frontier for near in links[here]} - seen)
+            seen.update(frontier)
+            targets = [near for near in frontier if near.isascii() and near.isalnum()]
+            if targets:
+                fold[char] = min(targets, key=preference).lower()
+                break
     return fold
 
 
