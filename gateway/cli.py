@@ -134,13 +134,16 @@ def _run_gateway(settings: Settings) -> None:
         from gateway.app import create_app
 
         app = create_app(settings)
+    from gateway.http_server import bounded_protocol
+
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=bounded_protocol(settings),  # httptools, with deadlines and a size cap for request heads
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works
         log_config=None,
         access_log=False,  # RequestTelemetry writes the one access line per request
         server_header=False,

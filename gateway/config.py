@@ -103,6 +103,16 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=0, description="requests waiting for a slot; beyond this: 429")
     queue_timeout_s: float = Field(5.0, gt=0)
 
+    # What a client may take of the server before its request is whole (gateway/http_server.py,
+    # gateway/request_body.py): a slow client holds a socket for a bounded time, and no slot.
+    body_timeout_s: float = Field(10.0, gt=0, description="Longest time to receive a request body; beyond: "
+                                  "408 WG4007 and the connection closes")
+    header_timeout_s: float = Field(10.0, gt=0, description="Longest time from a request's first byte (or the "
+                                    "connection's opening) to the end of its headers; beyond: disconnected")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request line plus headers; beyond: "
+                                  "431 WG4008 and the connection closes")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="How long an idle keep-alive connection stays open")
+
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0, description="longest silence from the upstream")
     total_timeout_s: float = Field(600.0, gt=0, description="longest whole upstream exchange")

@@ -80,20 +80,27 @@ class ProxyEndpoint:
             self.authenticator.authenticate(scope)
             if self.rate_limiter is not None:
                 send = await self.rate_limiter.admit(scope, send)  # adds the x-ratelimit-* headers
-            await self.admission.enter()
         except GatewayError as error:
             await error_response(scope, error)(scope, receive, send)
             return
+        admitted = False
         try:
             try:
-                response = await self.proxy.relay(scope, receive, self.request_model)
+                # The whole body first, under its deadline: a slot (and a place in the queue) is for
+                # waiting on inspection and the upstream, never on a client's upload.
+                body = None if self.request_model is None else await read_body(
+                    scope, receive, self.proxy.max_body_bytes, self.proxy.settings.body_timeout_s)
+                await self.admission.enter()
+                admitted = True
+                response = await self.proxy.relay(scope, receive, self.request_model, body)
             except GatewayError as error:
                 response = error_response(scope, error)
             except ClientDisconnected:
                 response = Response(status_code=CLIENT_CLOSED_REQUEST)
             await response(scope, receive, send)
         finally:
-            self.admission.leave()
+            if admitted:
+                self.admission.leave()
             policies = self.proxy.policies
             if policies is not None:
                 policies.observe(scope["state"])
@@ -114,10 +121,10 @@ class OpenAIProxy:
         self.upstream_api_key = settings.upstream_api_key
         self.settings = settings  # for the admin routes that need more of it (GET /admin/audit)
 
-    async def relay(self, scope: Scope, receive: Receive, request_model: type[RequestModel] | None) -> ASGIApp:
-        """Check the request (when `request_model` is given), forward it, and return the response
-        to send: the upstream's, relayed, or a coded error."""
-        body = None
+    async def relay(self, scope: Scope, receive: Receive, request_model: type[RequestModel] | None,
+                    body: bytes | None) -> ASGIApp:
+        """Check the request (when `request_model` is given, `body` is its body), forward it, and return
+        the response to send: the upstream's, relayed, or a coded error."""
         stream = False
         inspect_output = False
         # One policy version for the whole exchange, input and output, even if a reload lands meanwhile.
@@ -129,7 +136,6 @@ class OpenAIProxy:
             if request_model is None:
                 enforcer = None
         if request_model is not None:
-            body = await read_body(scope, receive, self.max_body_bytes)
             parsed = parse_request(request_model, body)
             stream = getattr(parsed, "stream", False)
             note_request(scope["state"], parsed)

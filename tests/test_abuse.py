@@ -1,0 +1,146 @@
+"""A hostile client with a valid key cannot stall, starve or outlast the gateway: slow uploads hold no
+slot, slow or endless request heads and unread bodies are cut off, a huge text's inspection leaves the
+event loop free, and one request's many texts cannot hold back another's classifier work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+CHAT = {"model": "echo", "messages": [{"role": "user", "content": "Say hello."}]}
+LIVENESS_S = 30.0  # generous: only a server that never answers or never closes runs into it
+
+
+async def _read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as closed)."""
+    received = b""
+    try:
+        while chunk := await reader.read(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+async def _trickle_body(port: int, headers_sent: asyncio.Event, interval_s: float = 0.2) -> bytes:
+    """A chat request whose body comes a byte at a time, until the server answers and closes (or the
+    liveness bound); returns what the server sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{")
+    await writer.drain()
+    headers_sent.set()
+    answer = asyncio.create_task(_read_until_closed(reader))
+    try:
+        async with asyncio.timeout(LIVENESS_S):
+            while not answer.done():
+                await asyncio.sleep(interval_s)
+                if not writer.is_closing():
+                    writer.write(b" ")
+            return answer.result()
+    except TimeoutError:
+        return b"(no answer)"
+    finally:
+        answer.cancel()
+        writer.close()
+
+
+def _status_and_body(raw: bytes) -> tuple[int | None, dict | None]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 "):
+        return None, None
+    return int(head.split()[1]), json.loads(body) if body else None
+
+
+def test_slow_uploads_hold_no_slot_and_get_408(start_gateway, upstream):
+    gateway = start_gateway("--upstream", upstream.url, "--policy", "none", "--max-concurrency", "4",
+                            "--queue-timeout", "2", env={"WARDGATE_BODY_TIMEOUT_S": "3"})
+
+    async def scenario() -> tuple[httpx.Response, list[bytes]]:
+        started = [asyncio.Event() for _ in range(20)]
+        tricklers = [asyncio.create_task(_trickle_body(gateway.port, event)) for event in started]
+        for event in started:
+            await event.wait()
+        await asyncio.sleep(0.5)  # a few bytes each: every trickler's request has reached the gateway
+        async with httpx.AsyncClient(timeout=LIVENESS_S) as client:
+            normal = await client.post(gateway.url + "/v1/chat/completions", json=CHAT)
+        return normal, await asyncio.gather(*tricklers)
+
+    normal, answers = asyncio.run(scenario())
+    assert normal.status_code == 200, normal.text  # not 429: twenty slow uploads hold none of the four slots
+    for answer in answers:
+        status, body = _status_and_body(answer)
+        assert status == 408, answer[:300]
+        assert body["error"]["code"] == "WG4007"
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert "wardgate_requests_rejected_total 0.0" in metrics
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(start_gateway, upstream):
+    return start_gateway("--upstream", upstream.url, "--policy", "none",
+                         env={"WARDGATE_HEADER_TIMEOUT_S": "1", "WARDGATE_BODY_TIMEOUT_S": "1"})
+
+
+async def _send_then_read(port: int, data: bytes, then_every_s: bytes = b"", interval_s: float = 0.2) -> bytes:
+    """Send `data`, then `then_every_s` at each interval while the connection lasts; what the server sent
+    until it closed, or '(still open)' at the liveness bound."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    answer = asyncio.create_task(_read_until_closed(reader))
+    try:
+        async with asyncio.timeout(LIVENESS_S):
+            while not answer.done():
+                await asyncio.sleep(interval_s)
+                if then_every_s and not writer.is_closing():
+                    writer.write(then_every_s)
+            return answer.result()
+    except TimeoutError:
+        return b"(still open)"
+    finally:
+        answer.cancel()
+        writer.close()
+
+
+@pytest.mark.parametrize(("opening", "trickle"), [
+    (b"", b""),  # connects and sends nothing
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n", b""),  # half a head, then silence
+    (b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Slow: ", b"a"),  # a head a byte at a time
+], ids=["silent", "half-head", "slow-head"])
+def test_a_slow_request_head_is_disconnected(strict_gateway, opening, trickle):
+    assert asyncio.run(_send_then_read(strict_gateway.port, opening, trickle)) == b""
+
+
+def test_an_endless_header_gets_431(strict_gateway):
+    async def scenario() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", strict_gateway.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Endless: ")
+        answer = asyncio.create_task(_read_until_closed(reader))
+        try:
+            for _ in range(1024):  # up to 64 MiB, far past any bound, unless the server stops us first
+                if answer.done() or writer.is_closing():
+                    break
+                writer.write(b"a" * 65536)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        async with asyncio.timeout(LIVENESS_S):
+            return await answer
+
+    status, body = _status_and_body(asyncio.run(scenario()))
+    assert status == 431
+    assert body["error"]["code"] == "WG4008"
+
+
+def test_an_unread_body_still_trickling_after_its_answer_is_cut_off(strict_gateway):
+    # /healthz reads no body: it answers at once, then the rest of the body would keep the connection.
+    raw = asyncio.run(_send_then_read(
+        strict_gateway.port, b"POST /healthz HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100000\r\n\r\nab", b"c"))
+    status, _ = _status_and_body(raw)
+    assert status == 405  # answered, then closed (not '(still open)')
+    assert raw.endswith(b"}")
+
