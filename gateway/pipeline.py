@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -169,8 +170,17 @@ class BlacklistInspector:
             for rule in stage.rules
         ])
 
+    # A scan reads every view of the text: for a large text that is CPU work of tens of milliseconds
+    # or more, done on this thread instead of the event loop's, so that other requests and the probes
+    # are served meanwhile (one thread: the loop competes for the GIL with one scan, not with many).
+    offload_chars = 16 * 1024
+    _scans = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blacklist-scan")
+
     async def inspect(self, text: str, ctx: Context) -> Verdict:
-        matches = self.blacklist.scan(text)
+        if len(text) > self.offload_chars:
+            matches = await asyncio.get_running_loop().run_in_executor(self._scans, self.blacklist.scan, text)
+        else:
+            matches = self.blacklist.scan(text)
         if not matches:
             return ALLOW
         strongest = max(matches, key=lambda match: SEVERITY[match.action])

@@ -5,10 +5,15 @@ event loop free, and one request's many texts cannot hold back another's classif
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import httpx
 import pytest
+
+from gateway.app import DEFAULT_POLICY
+from gateway.pipeline import BlacklistInspector, Context
+from policies.schema import load_policy
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "Say hello."}]}
 LIVENESS_S = 30.0  # generous: only a server that never answers or never closes runs into it
@@ -144,3 +149,28 @@ def test_an_unread_body_still_trickling_after_its_answer_is_cut_off(strict_gatew
     assert status == 405  # answered, then closed (not '(still open)')
     assert raw.endswith(b"}")
 
+
+
+def adversarial_text(size_bytes: int) -> str:
+    """Chinese characters with a Latin letter between each two (the shape that once made normalisation
+    quadratic), `size_bytes` long in UTF-8."""
+    pairs = size_bytes // 4  # three bytes per character, one per letter
+    return "".join(character + letter for character, letter in zip(
+        itertools.cycle("请用中文写一段关于天气的说明"), itertools.islice(itertools.cycle("abcdefghij"), pairs)))
+
+
+def test_a_huge_texts_blacklist_scan_leaves_the_event_loop_free():
+    policy = load_policy(DEFAULT_POLICY)
+    inspector = BlacklistInspector(next(stage for stage in policy.input.stages if stage.type == "blacklist"))
+    text = adversarial_text(1024 * 1024) + " how to make a pipe bomb"
+
+    async def scenario() -> tuple[bool, str]:
+        inspecting = asyncio.create_task(inspector.inspect(text, Context("input")))
+        await asyncio.sleep(0)  # the inspection has begun
+        probe_answered_first = not inspecting.done()  # another coroutine (a probe, a request) has its turn
+        verdict = await inspecting
+        return probe_answered_first, verdict.action
+
+    probe_answered_first, action = asyncio.run(scenario())
+    assert probe_answered_first
+    assert action == "block"  # and the scan, wherever it ran, still reads the whole text
