@@ -36,8 +36,9 @@ import regex
 
 from filters.normalize import NormalizedText, fold, is_cjk, prepare
 from filters.patterns import for_analysis, transliterate, whole_words, with_separators
-from filters.transliterate import MIN_SYLLABLES, Recomposer, pinyin_view, spell, syllable_count
+from filters.transliterate import MIN_SYLLABLES, PinyinGate, Recomposer, spell, syllable_count
 from filters.views import TextViews, View, decoded, encoded_runs, matching_form
+from filters.views import prepare as prepare_views
 
 Action = Literal["block", "flag", "redact"]
 MIN_ATOM_CHARS = 2
@@ -49,6 +50,10 @@ MAX_CLASS_CHARS = 10
 # up to this many bytes: a DFA takes ~600 bytes of memory per key byte (54 MB for the benchmark's
 # 10,000 patterns, the NFA 4 MB), in every stage with a blacklist and twice during a reload.
 MAX_DFA_KEY_BYTES = 128 * 1024
+# A match found in the reversed or the recomposed view is this many characters long at least: a
+# two-character Chinese term backwards is often an ordinary word ("的吗" holds "吗的"), and so is a
+# pair of components ("人本位" holds 亻本, 体).
+MIN_REORDERED_MATCH = 3
 # Decoded text (entities, percent-escapes, base64, hex) is decoded again this many times at most.
 MAX_DECODE_DEPTH = 2
 
@@ -389,6 +394,7 @@ class Blacklist:
                 raise RuleError(f"rule id {rule.id!r} is used twice")
             self._index_by_id[rule.id] = index
         prepare()  # when the policy loads, not on the first request with a non-ASCII character
+        prepare_views()
         self._allow = [tuple(matching_form(phrase) for phrase in rule.allow) for rule in rules]
         literals = [(index, literal) for index, rule in enumerate(rules) for literal in rule.literals]
         sources = [(index, source) for index, rule in enumerate(rules) for source in rule.regexes]
@@ -396,8 +402,11 @@ class Blacklist:
             if not matching_form(literal):
                 raise RuleError(f"rule {rules[index].id}: literal {literal!r} is empty once normalised")
         self._compiled = self._compile(literals, self._regexes(sources), reversed_keys=True)
-        spelled = self._regexes(_in_pinyin(literals, sources))
+        # A pattern over syllables without literal atoms (too many readings to list) is left out:
+        # the text would have to be read as pinyin all through for it.
+        spelled = [compiled for compiled in self._regexes(_in_pinyin(literals, sources)) if compiled.atoms is not None]
         self._pinyin = self._compile([], spelled, reversed_keys=False) if spelled else None
+        self._pinyin_gate = PinyinGate([atom for compiled in spelled for atom in compiled.atoms])
         self._recomposer = Recomposer(_cjk_chars(literals, sources), fold=matching_form)
 
     def _regexes(self, sources: list[tuple[int, str]]) -> list[_CompiledRegex]:
@@ -477,13 +486,14 @@ class Blacklist:
     def _scan_text(self, text: str, depth: int) -> list[Match]:
         views = TextViews(text)
         found, reversed_key_seen = self._scan_view(views.base, self._compiled, text)
-        derived = [*views.leet(), views.joined(), self._recomposer.view(views.base)]
-        if reversed_key_seen:
-            derived.append(views.reversed())
-        for view in derived:
+        for view in (*views.leet(), views.joined()):
             if view is not None:
                 found += self._scan_view(view, self._compiled, text)[0]
-        if self._pinyin is not None and (spelled := pinyin_view(views.base)) is not None:
+        for view in (views.reversed() if reversed_key_seen else None, self._recomposer.view(views.base)):
+            if view is not None:
+                found += [match for match in self._scan_view(view, self._compiled, text)[0]
+                          if match.end - match.start >= MIN_REORDERED_MATCH]
+        if self._pinyin is not None and (spelled := self._pinyin_gate.view(views.base)) is not None:
             found += self._scan_view(spelled, self._pinyin, text)[0]
         if depth < MAX_DECODE_DEPTH:
             found += self._scan_decoded(text, depth)

