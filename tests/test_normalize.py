@@ -15,6 +15,11 @@ from filters.normalize import normalize
         ("\u202ebomb\u202c", "bomb"),  # bidi override
         ("Раураl login", "paypal login"),  # Cyrillic homoglyphs
         ("ΚΙLL", "kill"),  # Greek capitals
+        # Look-alikes that Unicode's confusables link to ASCII only through another character or
+        # a case pair: Greek beta → sharp s, epsilon → c with bar, small capitals → Greek/Cherokee.
+        ("ρiρe βοmβ", "pipe bomb"),
+        ("mεth μeth", "meth meth"),
+        ("ᴘɪᴘᴇ", "pipe"),
         ("f.u.c.k", "fuck"),  # inserted punctuation
         ("k i l l them", "kill them"),  # inserted spaces, the next word kept apart
         ("h-a-t-e", "hate"),
