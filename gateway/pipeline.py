@@ -114,7 +114,7 @@ class ClassifierInspector:
     async def inspect(self, text: str, ctx: Context) -> Verdict:
         if not text.strip():
             return ALLOW
-        row = await self.batcher.score(text)
+        row = await self.batcher.score(text, ctx.request_id)  # requests take turns (the batcher is fair)
         scores = {name: round(float(value), 4) for name, value in zip(self.batcher.labels, row, strict=True)}
         return _thresholded(scores, self.block, self.flag, self.name)
 

@@ -9,8 +9,11 @@ import itertools
 import json
 
 import httpx
+import numpy as np
 import pytest
 
+from classifiers.registry import BUILTIN_DIR
+from classifiers.runtime import MicroBatcher, RiskClassifier
 from gateway.app import DEFAULT_POLICY
 from gateway.pipeline import BlacklistInspector, Context
 from policies.schema import load_policy
@@ -174,3 +177,38 @@ def test_a_huge_texts_blacklist_scan_leaves_the_event_loop_free():
     probe_answered_first, action = asyncio.run(scenario())
     assert probe_answered_first
     assert action == "block"  # and the scan, wherever it ran, still reads the whole text
+
+
+class _RecordingClassifier(RiskClassifier):
+    """The shipped classifier, noting the texts of every batch it is called with."""
+
+    batches: list[list[str]]
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        return super().score(texts)
+
+
+def test_the_classifier_serves_requests_in_turn():
+    shipped = RiskClassifier.load(BUILTIN_DIR)
+    recording = _RecordingClassifier(shipped.session, shipped.tokenizer, shipped.config)
+    recording.batches = []
+    batcher = MicroBatcher(recording, max_batch=32)
+    single = "Will it rain in Lisbon tomorrow?"
+
+    async def scenario() -> tuple[np.ndarray, int, int]:
+        # One request's 2,000 texts are queued before another request's one text.
+        flood = [asyncio.create_task(batcher.score(f"message {index} of a long conversation", "flood"))
+                 for index in range(2000)]
+        await asyncio.sleep(0)  # the flood's tasks run: its texts are in the queue
+        row = await batcher.score(single, "single")
+        batches_until_single = len(recording.batches)
+        for task in flood:  # the flooding request is gone (blocked, or its client left)
+            task.cancel()
+        await batcher.score("the next request", "next")
+        return row, batches_until_single, len(recording.batches)
+
+    row, batches_until_single, batches_in_all = asyncio.run(scenario())
+    assert batches_until_single <= 2  # not after the flood's 63 batches
+    assert np.array_equal(row, shipped.score([single])[0])  # its own scores, whatever its company
+    assert batches_in_all <= batches_until_single + 2  # the gone request's texts were dropped unscored
