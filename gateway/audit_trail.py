@@ -179,6 +179,7 @@ def request_record(scope: Scope, status: int, elapsed_s: float, known_route: boo
         error_code=error_code,
         latency_ms=round(elapsed_s * 1000, 3),
         client_disconnected=state.get("client_disconnected"),
+        content=state.get("content"),  # what no stage could read, and the policy's decision on it
     )
     audit: AuditSettings = state.get("audit_settings", DEFAULT_AUDIT)
     record.on_store_failure = audit.on_store_failure

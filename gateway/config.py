@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=0, description="requests waiting for a slot; beyond this: 429")
     queue_timeout_s: float = Field(5.0, gt=0)
 
+    # The inspection budget (gateway/request_texts.py): what one request may ask the input stages to
+    # read, refused with 413 WG4012 before any stage runs. The characters are bounded by the body
+    # (at most one per byte) unless max_body_bytes is raised; the counts bound the per-text work.
+    max_inspect_chars: int = Field(1024 * 1024, ge=1, description="Most characters of text one request may carry "
+                                   "for inspection (every message, part, name, tool definition, prompt, input)")
+    max_messages: int = Field(2048, ge=1, description="Most messages in one chat request")
+    max_texts: int = Field(4096, ge=1, description="Most separate texts in one request (contents, parts, names, "
+                           "tool definitions and arguments, prompts, inputs)")
+
     # What a client may take of the server before its request is whole (gateway/http_server.py,
     # gateway/request_body.py): a slow client holds a socket for a bounded time, and no slot.
     body_timeout_s: float = Field(10.0, gt=0, description="Longest time to receive a request body; beyond: "

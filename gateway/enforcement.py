@@ -1,9 +1,10 @@
 """Applying the active policy to OpenAI requests and responses.
 
-Input: every text of the request (message contents, prompts) goes through the input stages before
-anything is forwarded. Block → WG1001 (or, with `on_block: refusal`, a normal completion carrying
-the refusal message); redact → the request is forwarded with the matched spans masked; flag → it
-passes and the verdict is logged. Output: the same for the completion's texts, WG1002 on a block.
+Input: every text the model reads in the request (gateway/request_texts.py) goes through the input
+stages before anything is forwarded, each alone and, joined, those the model reads together. Block →
+WG1001 (or, with `on_block: refusal`, a normal completion carrying the refusal message); redact →
+the request is forwarded with the matched spans masked; flag → it passes and the verdict is logged.
+Output: the same for the completion's texts, WG1002 on a block.
 Streams are checked as they arrive and the most recent text is held back until it has been checked
 with what follows (see `StreamChecker`).
 """
@@ -13,15 +14,24 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from dataclasses import replace
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
 from starlette.types import Scope
 
 from gateway.audit_trail import note_stream
-from gateway.errors import POLICY_BLOCKED_INPUT, POLICY_BLOCKED_OUTPUT, GatewayError
+from gateway.errors import (
+    NON_TEXT_CONTENT,
+    POLICY_BLOCKED_INPUT,
+    POLICY_BLOCKED_OUTPUT,
+    UNKNOWN_CONTENT,
+    GatewayError,
+)
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, completion_texts, stream_event_text
 from gateway.pipeline import ALLOW, SEVERITY, Context, Pipeline, Verdict, strongest, with_bypass
+from gateway.request_texts import InspectionBudget, Location, RequestTexts, format_location
 from gateway.streaming import RawResponse
 from policies.schema import Direction, policy_digest
 
@@ -30,6 +40,8 @@ from policies.schema import Direction, policy_digest
 STREAM_CHECK_TAIL_CHARS = 2048
 # Expensive stages read the new text with this much before it: context, without re-reading the answer.
 STREAM_EXPENSIVE_CONTEXT_CHARS = 512
+# An audit record names this many of a request's uninspected parts (and counts them all).
+MAX_AUDITED_PATHS = 16
 
 
 class Enforcer:
@@ -63,12 +75,52 @@ class Enforcer:
                                              "category": verdict.category, "stage": verdict.stage,
                                              "score": verdict.score}
 
-    async def check_request(self, texts: list[str], body: bytes, scope: Scope) -> tuple[Verdict, bytes]:
-        """The strongest input verdict, and the body to forward (redacted where asked)."""
+    async def check_request(self, request: RequestTexts, body: bytes, scope: Scope,
+                            budget: InspectionBudget) -> tuple[Verdict, bytes]:
+        """The strongest input verdict over every text the model reads, each alone and, joined, those
+        it reads together; and the body to forward (unknown content stripped, matched spans masked,
+        where the policy says so). Raises the coded error for a request beyond `budget` or with
+        content the policy refuses, before any stage runs, and (error mode) for a block."""
         started = time.perf_counter()
-        verdict, body = await self._check(texts, body, None, scope, "input")
+        budget.check(request)
+        stripped = self._admit_content(request, scope["state"])
+        texts = request.texts
+        verdicts = await self.verdicts([text.text for text in texts] + request.joined(), scope, "input")
+        # Only a text that is one string of the body can be masked in place: a definition read as one
+        # text, or the texts joined, can block or flag the request but not redact it.
+        verdicts = [verdict if index < len(texts) and texts[index].one_string else _without_redaction(verdict)
+                    for index, verdict in enumerate(verdicts)]
+        verdict = strongest(verdicts)
+        self.record(scope, "input", verdict)
+        if verdict.action == "block" and self.policy.on_block.mode == "error":
+            raise GatewayError(POLICY_BLOCKED_INPUT, rule_id=verdict.rule_id)
+        masked = {text.location: found.replacement for text, found in zip(texts, verdicts, strict=False)
+                  if found.action == "redact" and found.replacement is not None}
+        if verdict.action != "block" and (masked or stripped):
+            body = orjson.dumps(_rewritten(orjson.loads(body), masked, stripped))
         scope["state"]["inspect_input_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return verdict, body
+
+    def _admit_content(self, request: RequestTexts, state: dict) -> list[Location]:
+        """The policy's decision on the content no stage can read, noted for the audit record; raises
+        the coded error where the policy refuses it. Returns the unknown content to strip."""
+        policy = self.policy
+        decisions = {kind: {"action": action, "count": len(locations),
+                            "paths": [format_location(location) for location in locations[:MAX_AUDITED_PATHS]]}
+                     for kind, locations, action in (("unknown", request.unknown, policy.unknown_content),
+                                                     ("non_text", request.non_text, policy.non_text_content))
+                     if locations}
+        if decisions:
+            state["content"] = decisions
+        if request.unknown and policy.unknown_content == "reject":
+            raise GatewayError(UNKNOWN_CONTENT, f"A content part type or key the OpenAI schema does not have, at "
+                               f"{_where(request.unknown)}: the gateway does not forward what it cannot inspect.",
+                               param=format_location(request.unknown[0]))
+        if request.non_text and policy.non_text_content == "reject":
+            raise GatewayError(NON_TEXT_CONTENT, f"Content the gateway cannot inspect (an image, audio, a file or "
+                               f"token ids), at {_where(request.non_text)}: this policy refuses it.",
+                               param=format_location(request.non_text[0]))
+        return request.unknown if policy.unknown_content == "strip" else []
 
     async def check_completion(self, document: dict, payload: bytes, scope: Scope) -> tuple[Verdict, bytes]:
         """The strongest output verdict over a non-streamed completion (`payload`, parsed as
@@ -181,6 +233,32 @@ def _unsafe_score(verdict: Verdict) -> float:
 def _stage_timings(state: dict, direction: Direction) -> dict[str, float]:
     """Milliseconds per stage for this request and direction, added up over its checks (for the audit)."""
     return state.setdefault("stage_ms", {}).setdefault(direction, {})
+
+
+def _where(locations: list[Location]) -> str:
+    more = f" (and {len(locations) - 1} more)" if len(locations) > 1 else ""
+    return f"`{format_location(locations[0])}`{more}"
+
+
+def _without_redaction(verdict: Verdict) -> Verdict:
+    return replace(verdict, action="flag", replacement=None) if verdict.action == "redact" else verdict
+
+
+def _rewritten(document: object, masked: dict[Location, str], stripped: list[Location]) -> object:
+    """The parsed request with the texts at `masked` replaced and the content at `stripped` removed."""
+    for location, text in masked.items():
+        parent, key = _container(document, location)
+        parent[key] = text
+    for location in sorted(stripped, reverse=True):  # later list items first: the earlier indexes stay valid
+        parent, key = _container(document, location)
+        del parent[key]
+    return document
+
+
+def _container(document: object, location: Location) -> tuple[Any, str | int]:
+    for key in location[:-1]:
+        document = document[key]
+    return document, location[-1]
 
 
 def _replace_strings(value: object, replacements: dict[str, str]) -> object:

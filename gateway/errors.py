@@ -200,6 +200,35 @@ HEADERS_TOO_LARGE = _register(ErrorKind(
     "Send fewer or smaller headers (a large cookie or token is the usual cause), or raise `max_header_bytes`.",
 ))
 
+UNKNOWN_CONTENT = _register(ErrorKind(
+    "WG4010", "unknown_content", 400, "invalid_request_error",
+    "The request carries content the gateway does not know, which it will not forward uninspected.",
+    "A message content part has a type the OpenAI schema does not define, or a key its type does not have "
+    "(`param` names it). The gateway cannot tell what the model would read there, and the active policy says "
+    "`unknown_content: reject` (the default). Nothing was sent to the model.",
+    "Send content parts as the OpenAI API documents them (text, image_url, input_audio, file, refusal). "
+    "Operators: `unknown_content: strip` in the policy forwards the request without the unknown parts and keys.",
+))
+NON_TEXT_CONTENT = _register(ErrorKind(
+    "WG4011", "non_text_content", 400, "invalid_request_error",
+    "The request carries content the gateway cannot inspect (images, audio, files, token ids), which this "
+    "policy refuses.",
+    "The active policy says `non_text_content: reject`, and the request has an image, audio, file or video "
+    "part, or a prompt or input given as token ids (`param` names the first). Nothing was sent to the model.",
+    "Send text only. Operators: `non_text_content: allow` forwards such content uninspected (the audit record "
+    "lists it).",
+))
+INSPECTION_BUDGET_EXCEEDED = _register(ErrorKind(
+    "WG4012", "inspection_budget_exceeded", 413, "invalid_request_error",
+    "The request carries more text than the gateway inspects per request.",
+    "The request has more messages (`max_messages`), more separate texts (`max_texts`: message contents, "
+    "parts, names, tool definitions and arguments, prompts, inputs) or more characters of text "
+    "(`max_inspect_chars`) than the gateway's inspection budget allows; the message names the limit. Nothing "
+    "was inspected or sent to the model.",
+    "Send a shorter conversation or fewer inputs per request. Operators: raise the limit named in the message "
+    "if such requests are legitimate.",
+))
+
 OVERLOADED = _register(ErrorKind(
     "WG5001", "overloaded", 429, "rate_limit_error",
     "The gateway is at capacity; retry after the time in the Retry-After header.",

@@ -1,8 +1,9 @@
 """What the gateway checks of OpenAI requests before it forwards them.
 
-Only the fields the gateway relies on (the texts to inspect, `stream`) are typed; everything else
-passes through untouched (`extra="allow"`), so new OpenAI parameters need no gateway release.
-Strict mode: `"stream": "yes"` is a client bug to report, not a value to coerce.
+Only the fields the gateway relies on (messages, prompts, inputs, `stream`) are typed; everything
+else passes through as sent (`extra="allow"`), so new OpenAI parameters need no gateway release, and
+gateway/request_texts.py walks all of it for the texts the model reads. Strict mode: `"stream": "yes"`
+is a client bug to report, not a value to coerce.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import functools
 from typing import Annotated, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
 from gateway.errors import INVALID_JSON, INVALID_REQUEST, INVALID_UTF8, GatewayError
+from gateway.request_texts import RequestTexts, walk_chat, walk_completion, walk_embedding
 
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
@@ -32,41 +34,51 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class _InspectedRequest(BaseModel):
+    """A request whose texts the input stages read: `walk()` lists them (gateway/request_texts.py)."""
+
     model_config = _PASS_THROUGH
+    _walked: RequestTexts | None = PrivateAttr(default=None)
+
+    def _walk(self) -> RequestTexts:
+        raise NotImplementedError
+
+    def walk(self) -> RequestTexts:
+        """Every text the upstream reads in this request, and what it carries that no stage can read
+        (walked once; the audit, the input stages and the shadow rollout share it)."""
+        if self._walked is None:
+            self._walked = self._walk()
+        return self._walked
+
+    def texts(self) -> list[str]:
+        """Every text the upstream reads, each alone, in the order it reads them."""
+        return [text.text for text in self.walk().texts]
+
+
+class ChatCompletionRequest(_InspectedRequest):
     model: str
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     stream: bool = False
 
-    def texts(self) -> list[str]:
-        """Every text the policy's input stages inspect: all message contents and text parts."""
-        texts = []
-        for message in self.messages:
-            if isinstance(message.content, str):
-                texts.append(message.content)
-            elif message.content:
-                texts += [part.text for part in message.content if part.text]
-        return texts
+    def _walk(self) -> RequestTexts:
+        return walk_chat(dict(self))
 
 
-class CompletionRequest(BaseModel):
-    model_config = _PASS_THROUGH
+class CompletionRequest(_InspectedRequest):
     model: str
     prompt: str | list[str] | list[int] | list[list[int]]
     stream: bool = False
 
-    def texts(self) -> list[str]:
-        # Token-id prompts carry no text to inspect here.
-        return [self.prompt] if isinstance(self.prompt, str) else [p for p in self.prompt if isinstance(p, str)]
+    def _walk(self) -> RequestTexts:
+        return walk_completion(dict(self))
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = _PASS_THROUGH
+class EmbeddingRequest(_InspectedRequest):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
 
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else [i for i in self.input if isinstance(i, str)]
+    def _walk(self) -> RequestTexts:
+        return walk_embedding(dict(self))
 
 
 def completion_texts(document: object) -> list[str]:

@@ -35,6 +35,7 @@ from gateway.openai_schema import (
 from gateway.policy_reload import AdminPolicyEndpoint, PolicyManager
 from gateway.ratelimit import RateLimiter
 from gateway.request_body import read_body
+from gateway.request_texts import InspectionBudget
 from gateway.streaming import CancelOnDisconnect, ClientDisconnected, RawResponse, SSERelayResponse
 from gateway.telemetry import Metrics
 from gateway.tracing import child_span, trace_headers
@@ -119,6 +120,7 @@ class OpenAIProxy:
         self.max_body_bytes = settings.max_body_bytes
         self.max_upstream_body_bytes = settings.max_upstream_body_bytes
         self.upstream_api_key = settings.upstream_api_key
+        self.budget = InspectionBudget(settings.max_inspect_chars, settings.max_messages, settings.max_texts)
         self.settings = settings  # for the admin routes that need more of it (GET /admin/audit)
 
     async def relay(self, scope: Scope, receive: Receive, request_model: type[RequestModel] | None,
@@ -144,7 +146,7 @@ class OpenAIProxy:
                 scope["state"]["policy_digest"] = enforcer.digest
                 scope["state"]["classifier_digest"] = enforcer.classifier_digest
                 scope["state"]["version_key"] = enforcer.version_key
-                verdict, body = await enforcer.check_request(scope["state"]["input_texts"], body, scope)
+                verdict, body = await enforcer.check_request(parsed.walk(), body, scope, self.budget)
                 if verdict.action == "block":  # on_block: refusal
                     return refusal_response(parsed, enforcer.policy.on_block.message)
                 inspect_output = request_model is not EmbeddingRequest

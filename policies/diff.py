@@ -17,7 +17,7 @@ MAX_LISTED = 5
 def diff_policies(old: Policy, new: Policy) -> list[str]:
     """One line per difference; empty when the two policies behave the same."""
     lines = []
-    for field in ("version", "description", "on_block", "streaming"):
+    for field in ("version", "description", "on_block", "streaming", "unknown_content", "non_text_content"):
         before, after = _plain(getattr(old, field)), _plain(getattr(new, field))
         if before != after:
             lines.append(f"{field}: {before!r} -> {after!r}")

@@ -249,6 +249,13 @@ class Policy(BaseModel):
     output: DirectionStages = Field(default_factory=DirectionStages)
     overrides: Overrides = Field(default_factory=Overrides)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    # Content parts of a type, or with a key, that the OpenAI schema does not have: the gateway cannot
+    # tell what the model would read there. reject: refuse the request (WG4010); strip: forward it
+    # without them.
+    unknown_content: Literal["reject", "strip"] = "reject"
+    # Images, audio, files and token-id prompts, which no stage can read: forward them uninspected
+    # (the audit record lists them) or refuse the request (WG4011).
+    non_text_content: Literal["allow", "reject"] = "allow"
     tests: list[GoldenTest] = Field(default_factory=list)
     # (resolved path, bytes as read) of the policy file, then of each lexicon file; set by load_policy.
     _sources: tuple[tuple[Path, bytes], ...] = PrivateAttr(default=())
