@@ -1,4 +1,4 @@
-"""What the gateway checks of OpenAI requests before it forwards them.
+"""What the gateway checks of OpenAI requests before it forwards them, and the texts of answers.
 
 Only the fields the gateway relies on (messages, prompts, inputs, `stream`) are typed; everything
 else passes through as sent (`extra="allow"`), so new OpenAI parameters need no gateway release, and
@@ -82,7 +82,8 @@ class EmbeddingRequest(_InspectedRequest):
 
 
 def completion_texts(document: object) -> list[str]:
-    """The texts of a (non-streamed) chat or text completion response."""
+    """The texts of a (non-streamed) chat or text completion response: per choice, the message's
+    reasoning, content, refusal and the arguments of its tool or function calls, or the completion's text."""
     if not isinstance(document, dict):
         return []
     texts = []
@@ -90,16 +91,21 @@ def completion_texts(document: object) -> list[str]:
         if not isinstance(choice, dict):
             continue
         message = choice.get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            texts.append(message["content"])
+        if isinstance(message, dict):
+            texts += [message[key] for key in _ANSWER_TEXT_KEYS if isinstance(message.get(key), str)]
+            texts += [arguments for arguments, _ in _call_arguments(message)]
         if isinstance(choice.get("text"), str):
             texts.append(choice["text"])
     return texts
 
 
 def stream_event_text(event: bytes) -> tuple[str, bool]:
-    """The completion text an SSE event adds (chat delta content or completion text), and whether
-    it is the final `[DONE]`."""
+    """The completion text an SSE event adds (a chat delta's reasoning, content, refusal and call
+    arguments, or a completion's text), and whether it is the final `[DONE]`.
+
+    Tool-call arguments arrive in fragments that continue each other, so they are returned as they
+    come; a new call (its delta names the function) starts on a new line, so that the arguments of two
+    calls, or a call and the content before it, are not read as one word."""
     parts = []
     for line in event.splitlines():
         if not line.startswith(b"data:"):
@@ -113,11 +119,26 @@ def stream_event_text(event: bytes) -> tuple[str, bool]:
             continue
         for choice in document.get("choices") or [] if isinstance(document, dict) else []:
             delta = choice.get("delta") if isinstance(choice, dict) else None
-            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                parts.append(delta["content"])
+            if isinstance(delta, dict):
+                parts += [delta[key] for key in _ANSWER_TEXT_KEYS if isinstance(delta.get(key), str)]
+                parts += [("\n" if starts_call else "") + arguments
+                          for arguments, starts_call in _call_arguments(delta)]
             elif isinstance(choice, dict) and isinstance(choice.get("text"), str):
                 parts.append(choice["text"])
     return "".join(parts), False
+
+
+# Text an answer's message (or a stream's delta) carries besides its calls, in the order it is written.
+_ANSWER_TEXT_KEYS = ("reasoning_content", "reasoning", "content", "refusal")
+
+
+def _call_arguments(message: dict) -> list[tuple[str, bool]]:
+    """The arguments of a message's (or delta's) tool calls and legacy function call, each with
+    whether it begins a call (the function's name comes with it)."""
+    calls = [call.get("function") for call in message.get("tool_calls") or [] if isinstance(call, dict)]
+    calls.append(message.get("function_call"))
+    return [(call["arguments"], isinstance(call.get("name"), str)) for call in calls
+            if isinstance(call, dict) and isinstance(call.get("arguments"), str)]
 
 
 @functools.cache

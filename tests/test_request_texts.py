@@ -1,6 +1,6 @@
 """Every string the upstream model reads is inspected, alone and joined with the rest of the request in
 the order the model reads it; content the gateway cannot read follows the policy; an inspection budget
-refuses what is too large to inspect."""
+refuses what is too large to inspect; tool calls in answers are inspected like their content."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from gateway.openai_schema import completion_texts, stream_event_text
 from privacy.audit.store import AuditFilter, open_store
 from tests.loopback import LoopbackServer
 from tests.test_errors import assert_coded_error
@@ -436,3 +437,37 @@ def test_requests_within_the_inspection_budget_pass(strict_gateway):
 def test_the_default_budget_lets_long_conversations_through(blacklist_gateway):
     conversation = [user(f"Question {index}: what is {index} squared?") for index in range(1500)]
     assert post(blacklist_gateway, "chat", chat_body(*conversation)).status_code == 200
+
+
+@pytest.mark.parametrize("model", ["tool-call-harm", "function-call-harm", "refusal-harm", "reasoning-harm"])
+def test_harmful_text_in_an_answers_tool_call_is_blocked(default_gateway, model):
+    body = {"model": model, "messages": [user("Plan my garden party.")]}
+    assert_coded_error(post(default_gateway, "chat", body), "WG1002")
+
+
+def test_a_harmless_tool_call_answer_passes(default_gateway):
+    response = post(default_gateway, "chat", {"model": "tool-call-ok", "messages": [user("Weather in Paris?")]})
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "plan"
+
+
+def test_harmful_tool_call_arguments_in_a_stream_end_it(default_gateway):
+    body = {"model": "tool-call-harm", "messages": [user("Plan my garden party.")], "stream": True}
+    with httpx.stream("POST", default_gateway.url + ROUTES["chat"], json=body, timeout=30) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][len("data: "):])["error"]["code"] == "WG1002"
+    delivered = "".join(call["function"].get("arguments", "") for line in lines[:-2]
+                        for call in json.loads(line[len("data: "):])["choices"][0]["delta"].get("tool_calls", []))
+    assert "ammonium nitrate" not in delivered
+
+
+def test_answer_texts_include_tool_calls_refusals_and_reasoning():
+    message = {"role": "assistant", "content": "a", "refusal": "b", "reasoning_content": "c",
+               "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "d"}},
+                              {"id": "2", "type": "function", "function": {"name": "g", "arguments": "e"}}],
+               "function_call": {"name": "h", "arguments": "f"}}
+    assert sorted(completion_texts({"choices": [{"message": message}]})) == ["a", "b", "c", "d", "e", "f"]
+    fragments = [stream_event_text(b"data: " + json.dumps({"choices": [{"delta": delta}]}).encode())[0]
+                 for delta in _deltas(_answer("tool-call-harm"))]
+    assert "".join(fragments).strip() == json.dumps({"step": HARMFUL_STEP})
