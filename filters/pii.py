@@ -9,14 +9,21 @@ Kinds, in `KINDS` order (on overlapping matches the longer wins, on equal length
 - phone: Chinese mobiles (1[3-9] + 9 digits, optional +86/0086/86, space or hyphen separators);
   international numbers written with "+" (8 to 15 digits, E.164); North American (415) 555-0132,
   415-555-0132, 1-800-555-0199.
-- cn_id: resident identity numbers (GB 11643-1999): MOD 11-2 check character and a real birth date
-  from 1900-01-01 up to today.
+- cn_id: resident identity numbers (GB 11643-1999): a region code not starting with 0 and a real
+  birth date from 1900-01-01 up to today. The MOD 11-2 check character is not required: a mistyped
+  number is still somebody's, and masking is what the match is for (18 digits with a real date in
+  the middle are rare otherwise).
 - bank_card: 13 to 19 digits, unbroken or in groups split by single spaces or hyphens, passing Luhn.
 - ip: IPv4 (octets 0-255) and IPv6 (checked by `ipaddress`).
 - secret: well-known token formats (OpenAI, wardgate, AWS access key ids, GitHub, Slack, Google API
   keys, JWTs, PEM private keys), the token after "Bearer", and the value of an assignment to a
   secret-looking name (`api_key=…`, `"password": "…"`, `密码：…`, `密码是…`); for the last two
   only the value is masked.
+
+Digits are read as written in two more ways before matching: full-width digits ("１３８…") as ASCII
+digits everywhere, and digits spaced apart ("1101 0519 4912 3100 12", "1 3 8 1 2 3 4 5 6 7 8", with
+ASCII, no-break or ideographic spaces, up to three between two digits) as one number for resident IDs
+and Chinese mobiles. A match found so covers the original span, spaces included.
 
 Numbers count only when not glued to an ASCII letter or digit, nor continuing a dotted number
 (a decimal, a version, a longer dotted quad); `\\b` is no use, CJK characters being word characters
@@ -26,7 +33,9 @@ Limits, deliberate:
 
 - Patterns and checksums only, no model: names, postal addresses and free-form secrets ("my
   password is the dog's name") are not found.
-- ASCII digits only: full-width digits ("１３８…") are not found.
+- Digits: ASCII and full-width only (no other scripts' digits); spaced-apart digits only for resident
+  IDs and Chinese mobiles (cards have their own grouping rule below), and a list of single digits that
+  happens to spell a valid one when joined is masked.
 - Phones: no landlines without "+", no dotted forms (415.555.0132), no national formats other
   than Chinese mobiles and North American numbers.
 - Cards: about one digit run in ten passes Luhn, so a 13-19 digit number that is no card (an ID,
@@ -48,7 +57,7 @@ digit groups, "a@a@…").
 from __future__ import annotations
 
 import ipaddress
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -141,14 +150,8 @@ _ASSIGNMENT = (
     r"(?:\"(?P<v>(?:[^\"\\\r\n]|\\.)+)\"?|'(?P<v>(?:[^'\\\r\n]|\\.)+)'?|(?P<v>" + _UNQUOTED_VALUE + "))"
 )
 
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_ID_CHECK = "10X98765432"
-
 
 def _valid_cn_id(number: str) -> bool:
-    total = sum(int(digit) * weight for digit, weight in zip(number[:17], _ID_WEIGHTS, strict=True))
-    if _ID_CHECK[total % 11] != number[17].upper():
-        return False
     try:
         born = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
     except ValueError:
@@ -266,8 +269,35 @@ _PATTERNS = (
 )
 
 
+# Full-width digits are ASCII digits to every pattern; one code point each, so offsets stay as they are.
+_FULL_WIDTH_DIGIT = regex.compile("[\uff10-\uff19]")
+_AS_ASCII_DIGITS = str.maketrans({0xFF10 + digit: 0x30 + digit for digit in range(10)})
+# Spaces between two digits, dropped in the joined view of a text.
+_DIGIT_GAP = regex.compile("(?<=[0-9])[ \t\u00a0\u3000]{1,3}(?=[0-9])")
+# The patterns that also run on that view: numbers people write spaced apart in no fixed grouping.
+_SPACED_PATTERNS = (_pattern("phone", _CN_MOBILE, _whole()), _pattern("cn_id", _CN_ID, _whole(_valid_cn_id)))
+
+
+def _joined_offsets(text: str) -> Callable[[int], int]:
+    """Maps an offset in `text` with its digit gaps dropped back to `text` (built only once something
+    was found there: it is the costly part, a Python step per gap)."""
+    at, dropped, total = [], [], 0
+    for match in _DIGIT_GAP.finditer(text):
+        at.append(match.start() - total)  # where the gap was, in the joined text
+        total += match.end() - match.start()
+        dropped.append(total)  # characters dropped up to and including it
+
+    def original(offset: int) -> int:
+        gaps_before = bisect_right(at, offset)
+        return offset + (dropped[gaps_before - 1] if gaps_before else 0)
+
+    return original
+
+
 def find_pii(text: str) -> list[PiiMatch]:
     """Non-overlapping matches sorted by start (on overlap the longer wins; same length: the earlier kind in KINDS)."""
+    if _FULL_WIDTH_DIGIT.search(text):
+        text = text.translate(_AS_ASCII_DIGITS)
     candidates: list[tuple[int, int, int]] = []
     folded = None
     # Several patterns share their needles (the digits): look for each set once per text.
@@ -285,6 +315,13 @@ def find_pii(text: str) -> list[PiiMatch]:
                 continue
         for match in entry.pattern.finditer(text):
             candidates.extend((start, end, entry.rank) for start, end in entry.spans(match))
+    if present.get(_DIGITS) and _DIGIT_GAP.search(text):
+        joined = _DIGIT_GAP.sub("", text)
+        found = [(start, end, entry.rank) for entry in _SPACED_PATTERNS for match in entry.pattern.finditer(joined)
+                 for start, end in entry.spans(match)]
+        if found:
+            original = _joined_offsets(text)
+            candidates.extend((original(start), original(end - 1) + 1, rank) for start, end, rank in found)
     # Greedy by length, then kind, then position; `chosen` stays sorted by start.
     chosen: list[tuple[int, int, int]] = []
     starts: list[int] = []
