@@ -43,7 +43,7 @@ from policies.schema import load_policy  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 MIB = 1 << 20
-REPETITIONS = 3
+REPETITIONS = 5
 SHORT_PROMPT = "Could you please help me write a polite email to my landlord?"
 _LEET = str.maketrans({"o": "0", "i": "1", "e": "3", "a": "4", "s": "5", "t": "7"})
 
@@ -134,11 +134,16 @@ def normalisation_figures() -> list[str]:
     """`name: value unit` lines: ms per MiB of each shape and its ratio to plain text, and the
     short prompt's scan time now and before the views."""
     blacklist = Blacklist(default_rules())
+    texts = shapes()
+    # Rounds over all shapes, medians per shape: a burst of other work on the machine moves a
+    # round's shapes alike instead of one shape's repetitions.
+    times: dict[str, list[float]] = {name: [] for name in texts}
+    for _ in range(REPETITIONS):
+        for name, (text, _) in texts.items():
+            times[name].append(_median_seconds(lambda text=text: blacklist.scan(text), 1))
     lines, per_mib = [], {}
-    for name, (text, plain) in shapes().items():
-        size = len(text.encode("utf-8", "surrogatepass")) / MIB
-        blacklist.scan(text[:1000])
-        per_mib[name] = _median_seconds(lambda text=text: blacklist.scan(text), REPETITIONS) * 1000 / size
+    for name, (text, plain) in texts.items():
+        per_mib[name] = statistics.median(times[name]) * 1000 / (len(text.encode("utf-8", "surrogatepass")) / MIB)
         lines.append(f"scan_{name}: {per_mib[name]:.1f} ms/MiB")
         if name != plain:
             lines.append(f"scan_{name}_vs_{plain}: {per_mib[name] / per_mib[plain]:.2f} x")

@@ -12,11 +12,17 @@ The words of a literal of several ASCII words ("pipe bomb") may be separated by 
 and punctuation ("pipe-bomb", "pipe.bomb", "pipe_bomb", "pipe  bomb"): its longest uncommon word
 is the automaton's key, and a pattern for the whole phrase is tried only where that word occurs.
 
-Rules match the output of `filters.normalize`, so the disguises it folds (full-width, homoglyphs,
-zero-width characters, inserted separators, traditional characters) do not hide a term; literals
-are normalised the same way, regex atoms folded character by character. Latin literals only match
-whole words ("ass" does not match "class"); CJK literals match anywhere. Spans are reported in the
-original text as well.
+Rules match the views of `filters.views`: the output of `filters.normalize` with marks and accents
+off, so the disguises it folds (full-width, homoglyphs, zero-width characters, inserted separators,
+traditional characters, accents) do not hide a term, and the derived views made where a cheap test
+says they can differ (symbols between letters, leetspeak, reversed text, decoded entities and
+percent-escapes, base64 and hex runs up to `MAX_DECODE_DEPTH` deep, and for Chinese terms pinyin and
+split components, see `filters.transliterate`). The scan of a derived view is the same scan; a match
+is reported once per rule and span of the original, with the view that found it (`Match.view`).
+Literals are normalised like the text, regex atoms folded character by character. A space between
+the words of a regex stands for any run of separators or none (`filters.patterns`). Latin literals
+and regex matches are whole words ("ass" does not match "class", "make meth" not "make methods");
+CJK ones match anywhere. Spans are reported in the original text as well.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ marks):
 1. zero-width and bidirectional control characters are dropped;
 2. NFKC (full-width → half-width, ligatures, compatibility forms), then case folding;
 3. confusables: a non-ASCII letter that Unicode's confusables data (the `confusable-homoglyphs`
-   package) lists as a homoglyph of an ASCII letter or digit becomes that character (Cyrillic
-   'а' → 'a'); CJK ideographs are never folded this way;
+   package) links, directly or through a few look-alikes and case pairs, to an ASCII letter or
+   digit becomes that character (Cyrillic 'а' → 'a', Greek 'β' → 'b'); CJK ideographs are never
+   folded this way;
 4. Chinese punctuation → ASCII punctuation (。→ .  、→ ,  “” → " …);
 5. traditional → simplified Chinese, character by character (zhconv's table), so that one
    simplified term matches both scripts;
@@ -214,7 +215,7 @@ class _FoldOffsets(_Offsets):
         can), with where their fold starts in the folded text."""
         anchors = []
         if not self._original.isascii():
-            runs = _sparse_non_ascii_runs(self._original) or [(0, len(self._original))]
+            runs = sparse_non_ascii_runs(self._original) or [(0, len(self._original))]
             for start, end in runs:
                 for match in _irregular_chars().finditer(self._original, start, end):
                     length = len(_fold_cluster(match.group()))
@@ -248,14 +249,17 @@ _COMBINING = regex.compile(r"\p{M}")
 # only where these stdlib `re` patterns, which match wherever they can (and rarely elsewhere),
 # point.
 #
-# Spelled-out words: in a skeleton of the text where an ASCII letter or digit is "a", another letter
-# or number "x" and anything else a space (of the bytes, for ASCII text), three single letters with
-# equal gaps of 1–3 characters. `_SPELLED` is tried only where this matches. The gap's first space is written out so
+# Spelled-out words: in a skeleton of the UTF-8 bytes where an ASCII letter or digit is "a", the
+# first byte of a character of U+5000-U+9FFF (CJK ideographs, never a gap) "x" and any other byte a
+# space, three single letters with equal gaps (1–3 characters: 1–12 bytes, 1–3 in ASCII text).
+# `_SPELLED` is tried only where this matches: Chinese text with single letters or digits between
+# its characters does not match at every letter. The gap's first space is written out so
 # that the pattern starts with the literal " a ", a single letter: `re` then tries a match at each
 # single letter rather than at each word (half the time on English text).
-_SKELETON = bytes(ord("a") if chr(byte).isascii() and chr(byte).isalnum() else ord(" ") for byte in range(256))
+_SKELETON = bytes(ord("a") if chr(byte).isascii() and chr(byte).isalnum() else ord("x") if 0xE5 <= byte <= 0xE9
+                  else ord(" ") for byte in range(256))
+_SPELLED_GATE = re.compile(rb" a ( {0,11})a \1a ")
 _SPELLED_GATE_ASCII = re.compile(rb" a ( {0,2})a \1a ")
-_SPELLED_GATE_TEXT = re.compile(r" a ( {0,2})a \1a ")
 # Separators between CJK characters: clause punctuation is folded to placeholder letters first
 # (Lisu letters, which no CJK text uses; text that has them takes the reference path), so that a
 # run containing it never looks like a run to drop; the placeholders are replaced afterwards. A
@@ -364,7 +368,6 @@ def prepare() -> None:
     _bmp_table()
     _irregular_chars()
     _placeholder_folds()
-    _text_skeleton_table()
 
 
 def normalize(text: str) -> NormalizedText:
@@ -396,7 +399,7 @@ def _translate(text: str) -> tuple[str, bool]:
     """`text` folded character by character, clause punctuation as placeholders, and whether the
     result may contain CJK characters."""
     table = _bmp_table()
-    runs = _sparse_non_ascii_runs(text)
+    runs = sparse_non_ascii_runs(text)
     if runs is None:
         folded = _fold_beyond_bmp(text.translate(table), text)
         return folded, _HAS_CJK.search(folded) is not None
@@ -414,7 +417,7 @@ def _translate(text: str) -> tuple[str, bool]:
     return "".join(parts), has_cjk
 
 
-def _sparse_non_ascii_runs(text: str) -> list[tuple[int, int]] | None:
+def sparse_non_ascii_runs(text: str) -> list[tuple[int, int]] | None:
     """(start, end) of the runs of non-ASCII characters of mostly-ASCII text, or None when there
     are many (found byte-wise with memchr-fast searches: a regex would test every character)."""
     encoded = text.encode("utf-8", "surrogatepass")
@@ -454,41 +457,35 @@ def _cuts(folded: str, marked: str | None, ascii_only: bool) -> list[tuple[int, 
             # (Most runs are one ASCII character, a newline: no need to ask `regex`.)
             if (end - start == 1 and marked[start] in _ASCII_SEPARATORS) or _SEPARATORS.fullmatch(marked, start, end):
                 cuts.append((start, end))
-    skeleton, gate = _spelling_skeleton(folded, ascii_only)
-    position = 0  # in the skeleton: character offset in `folded` + 1
+    encoded = folded.encode("utf-8", "surrogatepass")
+    skeleton = b" " + encoded.translate(_SKELETON) + b" "
+    gate = _SPELLED_GATE_ASCII if ascii_only else _SPELLED_GATE
+    position = 0  # in the skeleton: byte offset in `encoded` + 1
+    # Byte and character offsets of one place, moved forward with the hints: converting only the
+    # stretch since the last hint keeps this linear (re-decoding each prefix was quadratic).
+    at_byte = at_char = 0
     while hint := gate.search(skeleton, position):
-        # The hint's first character is the one before the first letter: its offset in `folded`
-        # is where the letter starts.
-        start = hint.start()
+        # The hint's first byte is the one before the first letter: its offset in `encoded` is
+        # where the letter starts.
+        if ascii_only:
+            start = hint.start()
+        else:
+            at_char += len(encoded[at_byte:hint.start()].decode("utf-8", "surrogatepass"))
+            at_byte = start_byte = hint.start()
+            start = at_char
         match = _SPELLED.match(folded, start)
         if match is None:
-            position = start + 1
+            position = hint.start() + 1
             continue
         gap = len(match.group("gap"))
         cuts.extend((start, start + gap) for start in range(match.start() + 1, match.end() - 1, gap + 1))
-        position = match.end()
+        if ascii_only:
+            position = match.end()
+        else:
+            at_byte = start_byte + len(folded[start:match.end()].encode("utf-8", "surrogatepass"))
+            at_char, position = match.end(), at_byte
     cuts.sort()
     return cuts
-
-
-def _spelling_skeleton(folded: str, ascii_only: bool) -> tuple[bytes | str, re.Pattern]:
-    """`folded` as "a" for an ASCII letter or digit, "x" for another letter or number, a space for
-    anything else, between two spaces; and the gate pattern for it."""
-    if ascii_only:
-        return b" " + folded.encode("ascii").translate(_SKELETON) + b" ", _SPELLED_GATE_ASCII
-    skeleton = folded.translate(_text_skeleton_table())
-    if not skeleton.isascii():  # the table covers the BMP
-        skeleton = _ASTRAL.sub(lambda match: "x" if match.group().isalnum() else " ", skeleton)
-    return f" {skeleton} ", _SPELLED_GATE_TEXT
-
-
-@functools.cache
-def _text_skeleton_table() -> list[str]:
-    # A letter of another script is no gap, and cannot stand next to a spelled-out word: telling it
-    # apart keeps Chinese text with single letters or digits between characters from looking like
-    # spelled-out words at every letter.
-    return ["a" if chr(code).isascii() and chr(code).isalnum() else "x" if chr(code).isalnum() else " "
-            for code in range(0x10000)]
 
 
 def normalize_reference(text: str) -> NormalizedText:

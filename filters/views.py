@@ -35,7 +35,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from filters.normalize import NormalizedText, normalize
+from filters.normalize import NormalizedText, normalize, sparse_non_ascii_runs
 
 Back = Callable[[int, int], tuple[int, int]]
 
@@ -175,7 +175,16 @@ def strip_marks(text: str) -> tuple[str, Edits | None]:
     astral = _ASTRAL.search(text) is not None
     if not _strippable().search(text) and not (astral and _astral_spans(text, _is_mark)):
         return text, None
-    stripped = text.translate(_strip_table())
+    runs = sparse_non_ascii_runs(text)
+    if runs is None:
+        stripped = text.translate(_strip_table())
+    else:  # translate() would look at every character of mostly-ASCII text: only its other runs
+        pieces, last = [], 0
+        for start, end in runs:
+            pieces += [text[last:start], text[start:end].translate(_strip_table())]
+            last = end
+        pieces.append(text[last:])
+        stripped = "".join(pieces)
     if astral:
         stripped = _ASTRAL.sub(lambda match: "".join(char for char in match.group() if not _is_mark(char)), stripped)
     if len(stripped) == len(text):
@@ -210,10 +219,12 @@ def _symbols_between_letters(text: str) -> list[tuple[int, int, int]]:
 # A run of digits and symbols touching a Latin letter (the letter before it in group 1's branch, after
 # it in group 2's); both branches start with a character set, which `re` skips to quickly.
 _LEET_RUN = re.compile(r"[a-z]([0-9@$!|]+)|([0-9@$!|]+)[a-z]")
-_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g", "@": "a",
-                       "$": "s", "!": "i", "|": "l"})
+_LEET_CHAR = re.compile(r"[0-9@$!|]")  # a set alone: a quicker test than the pattern above
+# Runs left as they are: touching no letter ("455", "1.0.3"), or a closing "!" ("b0mb!").
+_LEET_LEFT_ALONE = re.compile(r"(?<![a-z])[0-9@$!|]+(?![a-z])|(?<=[a-z])!+(?![a-z0-9@$|])")
+_LEET = bytes.maketrans(b"01345789@$!|", b"oieastbgasil")
 # '1' and '|' are 'i' in "k1ll" and 'l' in "bui1d": where they occur, a second reading.
-_LEET_OTHER_READING = str.maketrans({"1": "l", "|": "i"})
+_LEET_OTHER_READING = bytes.maketrans(b"01345789@$!|", b"oleastbgasii")
 _AMBIGUOUS_LEET = frozenset("1|")
 
 
@@ -221,30 +232,31 @@ def _leet_views(base: View) -> list[View]:
     """The plain view with digits and symbols read as letters where they touch a letter ("p1p3",
     "m@ke", "$ynth"), and left as they are elsewhere ("455 tickets", "1.0.3", a closing "!")."""
     text = base.text
-    runs = []
-    for match in _LEET_RUN.finditer(text):
-        start, end = match.span(1) if match.group(1) is not None else match.span(2)
-        if runs and start <= runs[-1][1]:
-            runs[-1] = (runs[-1][0], max(end, runs[-1][1]))  # "p1p3": '3' after the 'p' that ended "1p"
-        elif text[start:end] != "!" or "a" <= text[end:end + 1] <= "z":  # a closing "!" is punctuation
-            runs.append((start, end))
-    if not runs:
+    if not _LEET_CHAR.search(text) or not _LEET_RUN.search(text):
         return []
-    kept, last = [], 0
-    for start, end in runs:
-        kept.append(text[last:start])
-        last = end
-    kept.append(text[last:])
-    leet = "\0".join(text[start:end] for start, end in runs)  # one translate for all the runs
-    readings = [leet.translate(_LEET)]
-    if not _AMBIGUOUS_LEET.isdisjoint(leet):
-        readings.append(leet.translate(_LEET_OTHER_READING).translate(_LEET))
-    views = []
-    for reading in readings:
-        pieces = [None] * (2 * len(runs) + 1)
-        pieces[0::2], pieces[1::2] = kept, reading.split("\0")
-        views.append(View("leet", "".join(pieces), base.back))
-    return views
+    # Everything read as letters (one translate), then the runs that touch no letter put back:
+    # in leetspeak they are few, in prose they are its numbers.
+    kept = [(match.start(), match.group()) for match in _LEET_LEFT_ALONE.finditer(text)]
+    # On the UTF-8 bytes: bytes.translate is a table lookup per byte, str.translate of text with
+    # any non-ASCII character a dictionary lookup per character. Leet characters and their letters
+    # are ASCII, which UTF-8 never uses inside another character.
+    encoded = text.encode("utf-8", "surrogatepass")
+    readings = [encoded.translate(_LEET)]
+    if any(char in text for char in _AMBIGUOUS_LEET):
+        readings.append(encoded.translate(_LEET_OTHER_READING))
+    return [View("leet", _put_back(reading.decode("utf-8", "surrogatepass"), kept), base.back)
+            for reading in readings]
+
+
+def _put_back(text: str, kept: list[tuple[int, str]]) -> str:
+    if not kept:
+        return text
+    pieces, last = [], 0
+    for start, original in kept:
+        pieces += [text[last:start], original]
+        last = start + len(original)
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,13 +312,14 @@ def decoded(text: str) -> tuple[str, Edits] | None:
 # base64 and hex runs
 
 # A run is at least 8 characters (6 bytes: "meth" takes 8 with its padding). Runs are found in
-# skeletons of the UTF-8 bytes with `bytes.find` (no regex over the whole text): "l" for a lower-case
-# letter, "X" for another base64 character, "h" for a hex digit, a space for any other byte.
+# skeletons of the UTF-8 bytes, mostly with `bytes.find` (no regex over the whole text): "l" for a
+# lower-case letter, "U" for an upper-case one, "d" for another base64 character (digits, "+/=_-"),
+# "h" for a hex digit, a space for any other byte.
 _MIN_RUN = 8
-_BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-="
+_BASE64_CHARS = b"0123456789+/_-="
 _HEX_CHARS = b"0123456789abcdefABCDEF"
-_RUN_SKELETON = bytes(ord("l") if ord("a") <= byte <= ord("z") else ord("X") if byte in _BASE64_CHARS else ord(" ")
-                      for byte in range(256))
+_RUN_SKELETON = bytes(ord("l") if ord("a") <= byte <= ord("z") else ord("U") if ord("A") <= byte <= ord("Z")
+                      else ord("d") if byte in _BASE64_CHARS else ord(" ") for byte in range(256))
 _HEX_SKELETON = bytes(ord("h") if byte in _HEX_CHARS else ord(" ") for byte in range(256))
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BASE64_URLSAFE = bytes.maketrans(b"-_", b"+/")
@@ -342,51 +355,55 @@ def encoded_runs(text: str) -> Iterator[tuple[int, int, str, str]]:
     skeleton = encoded.translate(_RUN_SKELETON)
     at_byte = at_char = 0  # one place in both units, moved forward: converting stays linear
     ascii_only = len(encoded) == len(text)
-    for start, end in _candidate_runs(skeleton):
+    for start, end, kind in _candidate_runs(encoded, skeleton):
         if ascii_only:
             at_char = start
         else:
             at_char += len(encoded[at_byte:start].decode("utf-8", "surrogatepass"))
             at_byte = start
         run = encoded[start:end].decode("ascii")
-        is_hex = b" " not in encoded[start:end].translate(_HEX_SKELETON) and len(run) % 2 == 0
-        decoded_text = _as_text(bytes.fromhex(run)) if is_hex else None
+        decoded_text = _as_text(bytes.fromhex(run)) if kind == "hex" else _from_base64(run)
         if decoded_text is not None:
-            yield at_char, at_char + len(run), decoded_text, "hex"
-        elif (decoded_text := _from_base64(run)) is not None:
-            yield at_char, at_char + len(run), decoded_text, "base64"
+            yield at_char, at_char + len(run), decoded_text, kind
 
 
-# A run of base64 characters with one other than a lower-case letter after its first: an encoded
-# run has one ("cGlwZSBib21i"), an ordinary word none ("something", "Something").
-_CANDIDATE_RUN = re.compile(rb"(?<![lX])[lX]l*X[lX]*")
+# A base64 run of text has an upper-case letter after its first character and a lower-case one
+# ("cGlwZSBib21i", "bWV0aA=="); ordinary words ("something", "Something") and leetspeak ("d3f1n3d")
+# do not. `re` is asked only when the skeleton has such a pair at all.
+_BASE64_CANDIDATE = re.compile(rb"(?<![lUd])[lUd][ld]*U[lUd]*")
 
 
-def _candidate_runs(skeleton: bytes) -> Iterator[tuple[int, int]]:
-    """(start, end) in bytes of the runs of at least `_MIN_RUN` base64 characters worth decoding."""
-    for match in _CANDIDATE_RUN.finditer(skeleton):
-        if match.end() - match.start() >= _MIN_RUN:
-            yield match.span()
+def _candidate_runs(encoded: bytes, skeleton: bytes) -> list[tuple[int, int, str]]:
+    """(start, end, kind) in bytes of the runs worth decoding, in order."""
+    runs = []
+    if b"lU" in skeleton or b"UU" in skeleton or b"dU" in skeleton:
+        runs += [(*match.span(), "base64") for match in _BASE64_CANDIDATE.finditer(skeleton)
+                 if match.end() - match.start() >= _MIN_RUN and b"l" in match.group()]
+    hex_skeleton = encoded.translate(_HEX_SKELETON)
+    found = hex_skeleton.find(b"h" * _MIN_RUN)
+    while found != -1:
+        start, end = hex_skeleton.rfind(b" ", 0, found) + 1, hex_skeleton.find(b" ", found)
+        end = len(hex_skeleton) if end == -1 else end
+        whole = (start == 0 or skeleton[start - 1] == 32) and (end == len(skeleton) or skeleton[end] == 32)
+        if whole and (end - start) % 2 == 0:
+            runs.append((start, end, "hex"))
+        found = hex_skeleton.find(b"h" * _MIN_RUN, end)
+    hex_spans = {(start, end) for start, end, kind in runs if kind == "hex"}
+    # A run of hex digits that is also a base64 candidate is tried as hex.
+    return sorted(run for run in runs if run[2] == "hex" or run[:2] not in hex_spans)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 class TextViews:
-    """The views of one text, each made on first use."""
+    """The views of one text: the plain one at once, the others when asked for."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-
-    @functools.cached_property
-    def _stripped(self) -> tuple[str, Back | None]:
-        stripped, edits = strip_marks(self.text)
-        return stripped, edits.back if edits is not None else None
-
-    @functools.cached_property
-    def base(self) -> View:
-        stripped, back = self._stripped
-        return _normalized_view("text", normalize(stripped), back)
+        stripped, edits = strip_marks(text)
+        self._stripped = stripped, edits.back if edits is not None else None
+        self.base = _normalized_view("text", normalize(stripped), self._stripped[1])
 
     def joined(self) -> View | None:
         stripped, back = self._stripped
