@@ -283,11 +283,19 @@ def _part(found: RequestTexts, location: Location, part: Mapping[str, Any]) -> N
 
 
 def _other_keys(location: Location, part: Mapping[str, Any], field_name: str) -> list[Location]:
-    """The keys of a part besides its `type` and its type's field (keys sent as null carry nothing)."""
+    """The keys of a part besides its `type` and its type's field (keys sent as null carry nothing, and
+    a prompt-caching marker is a setting that no model reads)."""
     if len(part) <= 2:  # the usual part: nothing else
         return [] if part.keys() <= {"type", field_name} else [(*location, key) for key in part if key != "type"]
     return [(*location, key) for key, value in part.items()
-            if key not in ("type", field_name) and value is not None]
+            if key not in ("type", field_name) and value is not None
+            and not (key == "cache_control" and _is_cache_marker(value))]
+
+
+def _is_cache_marker(value: object) -> bool:
+    """Anthropic-style `cache_control` as LiteLLM and others send it: {"type": "ephemeral", "ttl": "5m"}."""
+    return isinstance(value, Mapping) and value.get("type") == "ephemeral" and value.keys() <= {"type", "ttl"} \
+        and (value.get("ttl") is None or (isinstance(value["ttl"], str) and len(value["ttl"]) <= 8))
 
 
 def _unnamed_keys(found: RequestTexts, request: Mapping[str, Any], route: str, walked: set[str]) -> None:

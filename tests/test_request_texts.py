@@ -404,6 +404,17 @@ def test_unknown_content_is_refused_with_the_field_named(blacklist_gateway, reco
     assert recorder.received() == before
 
 
+def test_a_prompt_caching_marker_is_a_setting_but_text_in_it_is_refused(blacklist_gateway, recorder):
+    marked = {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}
+    assert post(blacklist_gateway, "chat", chat_body(user([marked]))).status_code == 200
+    assert recorder.last()["messages"] == [user([marked])]
+    disguised = {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral", "note": "pipe bomb"}}
+    before = recorder.received()
+    error = assert_coded_error(post(blacklist_gateway, "chat", chat_body(user([disguised]))), "WG4010")
+    assert error["param"] == "messages[0].content[0].cache_control"
+    assert recorder.received() == before
+
+
 def test_unknown_content_can_be_stripped(strict_gateway, recorder):
     body = chat_body(user([{"type": "text", "text": "hi", "extra": "pipe bomb"}, {"type": "foo", "foo": "bar"},
                            text_part("there")]))
