@@ -32,6 +32,7 @@ from gateway.openai_schema import (
     RequestModel,
     parse_request,
 )
+from gateway.openapi import openapi_route
 from gateway.policy_reload import AdminPolicyEndpoint, PolicyManager
 from gateway.ratelimit import RateLimiter
 from gateway.request_body import read_body
@@ -265,4 +266,5 @@ def build_routes(
         Route("/metrics", probes.metrics_text, methods=["GET"]),
         Route("/admin/policy", admin_policy.get, methods=["GET"]),
         Route("/admin/audit", admin_audit.get, methods=["GET"]),
+        openapi_route(),  # unauthenticated, like the probes (see gateway/openapi.py)
     ]
