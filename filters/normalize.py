@@ -96,9 +96,9 @@ def _confusable_fold() -> dict[str, str]:
     def preference(char: str) -> tuple[bool, bool, str]:
         return not char.islower(), not char.isalpha(), char
 
-    fold = {}
+    fold = _letters_by_name()
     for char in links:
-        if char.isascii() or is_cjk(char):
+        if char.isascii() or is_cjk(char) or char in fold:
             continue
         seen, frontier = {char}, [char]
         for _ in range(_CONFUSABLE_DEPTH):
@@ -108,6 +108,22 @@ def _confusable_fold() -> dict[str, str]:
             if targets:
                 fold[char] = min(targets, key=preference).lower()
                 break
+    return fold
+
+
+# Unicode names that say which Latin letter a character is, where neither NFKC nor the confusables
+# data folds it: small capitals ('ᴍ' is four links from 'm' there, and at that depth 'Σ' would be 'o').
+_LETTER_NAME = re.compile(r"LATIN LETTER SMALL CAPITAL ([A-Z])")
+# Tag characters (U+E0020-E007E) mirror printable ASCII invisibly; models read them as that text.
+_TAGS = range(0xE0020, 0xE007F)
+
+
+def _letters_by_name() -> dict[str, str]:
+    fold = {chr(code): chr(code - 0xE0000).lower() for code in _TAGS}
+    for code in range(0x80, 0x10000):
+        match = _LETTER_NAME.fullmatch(unicodedata.name(chr(code), ""))
+        if match:
+            fold[chr(code)] = match.group(1).lower()
     return fold
 
 

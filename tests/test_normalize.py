@@ -20,6 +20,8 @@ from filters.normalize import normalize
         ("ρiρe βοmβ", "pipe bomb"),
         ("mεth μeth", "meth meth"),
         ("ᴘɪᴘᴇ", "pipe"),
+        ("ᴘɪᴘᴇ ʙᴏᴍʙ", "pipe bomb"),  # small capitals that only their Unicode names tie to a letter
+        ("say " + "".join(chr(0xE0000 + ord(c)) for c in "Pipe Bomb"), "say pipe bomb"),  # invisible tag characters
         ("f.u.c.k", "fuck"),  # inserted punctuation
         ("k i l l them", "kill them"),  # inserted spaces, the next word kept apart
         ("h-a-t-e", "hate"),
