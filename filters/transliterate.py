@@ -81,6 +81,10 @@ def syllable_count(term: str) -> int:
 
 @functools.lru_cache(maxsize=65536)  # texts repeat their words and separators
 def _pinyin_token(token: str) -> str:
+    if len(token) == 1 and token in _readings():
+        # A Chinese character among pinyin words ("制作zha弹") reads as its first reading, which the
+        # spelled pattern of the same character always accepts.
+        return _syllable_chars()[_readings()[token][0]]
     if not token[0].isascii() or not token[0].isalpha():
         return "\n" if _CLAUSE_BREAK.search(token) else ""  # separators between syllables go
     word = token.rstrip("12345")  # tone numbers: "zha4"
@@ -104,7 +108,13 @@ def _segment(word: str) -> tuple[str, ...] | None:
     return best[0]
 
 
-_TOKEN = re.compile(r"[a-z]+[1-5]?|[^a-z]+")
+_CJK_CHARS = "\u3400-\u9fff\uf900-\ufaff"
+_TOKEN = re.compile(rf"[a-z]+[1-5]?|[{_CJK_CHARS}]|[^a-z{_CJK_CHARS}]+")
+# Pinyin written straight against Chinese characters: the characters around it are read as pinyin too.
+_MIXED = re.compile(rf"[a-z][{_CJK_CHARS}]|[{_CJK_CHARS}][a-z]")
+# Characters read on each side of such a place: more than the longest term a rule spells.
+_MIXED_WINDOW_CHARS = 32
+_MIXED_CHUNK_CHARS = 256
 _NOT_LETTERS = bytes(byte for byte in range(256) if not ord("a") <= byte <= ord("z"))
 
 
@@ -125,9 +135,10 @@ class PinyinGate:
             return None
         data = base.text.encode("utf-8", "surrogatepass")
         hits = self._automaton.find_matches_as_indexes(data.translate(None, _NOT_LETTERS))
-        if not hits:
-            return None
-        return pinyin_view(base, _windows(base.text, data, hits))
+        windows = _windows(base.text, data, hits) if hits else []
+        if len(data) != len(base.text):  # some non-ASCII: maybe pinyin mixed into Chinese
+            windows = _merged_spans(windows + _mixed_windows(base.text))
+        return pinyin_view(base, windows) if windows else None
 
 
 # Letters of context read on each side of a key's letters: more than a pattern over syllables
@@ -157,6 +168,30 @@ def _windows(text: str, data: bytes, hits: list[tuple[int, int, int]]) -> list[t
         at_byte = byte_end
         spans.append((_word_edge(text, char_start, -1), _word_edge(text, at_char, 1)))
     return spans
+
+
+def _mixed_windows(text: str) -> list[tuple[int, int]]:
+    """Spans around the places where a Latin letter touches a Chinese character, widened to whole
+    words. Found chunk by chunk: text that mixes them all through would cost a match per character."""
+    if _MIXED.search(text) is None:
+        return []
+    around = []
+    for start in range(0, len(text), _MIXED_CHUNK_CHARS):
+        end = min(len(text), start + _MIXED_CHUNK_CHARS)
+        if _MIXED.search(text, max(0, start - 1), min(len(text), end + 1)) is not None:
+            around.append((max(0, start - _MIXED_WINDOW_CHARS), min(len(text), end + _MIXED_WINDOW_CHARS)))
+    return [(_word_edge(text, start, -1), _word_edge(text, end, 1)) for start, end in _merged_spans(around)]
+
+
+def _merged_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching spans as one, in order."""
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
 
 
 def _byte_of_letter(data: bytes, letters_before: list[int], letter: int) -> int:
