@@ -22,7 +22,7 @@ from starlette.types import Message, Scope, Send
 from gateway.config import Settings
 from gateway.errors import AUDIT_UNAVAILABLE, GatewayError
 from gateway.openai_schema import completion_texts, stream_event_text
-from gateway.pipeline import SEVERITY, Verdict
+from gateway.verdict import SEVERITY, Verdict
 from policies.schema import AuditSettings
 from privacy.audit.record import AuditRecord, new_record, retain_text
 from privacy.audit.signing import HmacSigner, Signer, hmac_key_from_file, load_ed25519

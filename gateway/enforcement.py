@@ -30,9 +30,10 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, completion_texts, stream_event_text
-from gateway.pipeline import ALLOW, SEVERITY, Context, Pipeline, Verdict, strongest, with_bypass
+from gateway.pipeline import Context, Pipeline
 from gateway.request_texts import InspectionBudget, Location, RequestTexts, format_location
 from gateway.streaming import RawResponse
+from gateway.verdict import ALLOW, Verdict, stronger, strongest
 from policies.schema import Direction, policy_digest
 
 # A streamed completion is re-checked on its last characters only: enough for any term split
@@ -64,16 +65,10 @@ class Enforcer:
         an allow) for the access log line."""
         state = scope["state"]
         verdicts = state.setdefault("verdicts", {})
-        kept = verdicts.get(direction)
-        if kept is None or SEVERITY[verdict.action] > SEVERITY[kept.action] or (
-                verdict.action == kept.action and _unsafe_score(verdict) > _unsafe_score(kept)):
-            verdicts[direction] = verdict if kept is None else with_bypass(verdict, kept)
-        else:  # a bypass seen in any of a stream's checks stays visible on the kept verdict
-            verdicts[direction] = with_bypass(kept, verdict)
-        if verdict.action != "allow":
-            state[f"{direction}_verdict"] = {"action": verdict.action, "rule_id": verdict.rule_id,
-                                             "category": verdict.category, "stage": verdict.stage,
-                                             "score": verdict.score}
+        kept = verdicts[direction] = stronger(verdicts.get(direction, ALLOW), verdict)
+        if kept.action != "allow":
+            state[f"{direction}_verdict"] = {"action": kept.action, "rule_id": kept.rule_id,
+                                             "category": kept.category, "stage": kept.stage, "score": kept.score}
 
     async def check_request(self, request: RequestTexts, body: bytes, scope: Scope,
                             budget: InspectionBudget) -> tuple[Verdict, bytes]:
@@ -224,10 +219,6 @@ class StreamChecker:
         self.enforcer.record(self.scope, "output", verdict)
         if verdict.action == "block":
             raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
-
-
-def _unsafe_score(verdict: Verdict) -> float:
-    return verdict.scores.get("unsafe", -1.0) if verdict.scores else -1.0
 
 
 def _stage_timings(state: dict, direction: Direction) -> dict[str, float]:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -20,8 +20,8 @@ from filters.blacklist import Blacklist, Rule, RuleError
 from filters.moderation_hook import HookConfig, ModerationClient, ModerationConfigError, ModerationUnavailable
 from gateway.breakers import Breaker, BreakerOpen, Breakers
 from gateway.tracing import child_span
+from gateway.verdict import ALLOW, SEVERITY, Bypass, Verdict, stronger, strongest
 from policies.schema import (
-    Action,
     BlacklistStage,
     ClassifierStage,
     Direction,
@@ -34,8 +34,6 @@ from policies.schema import (
 )
 from policies.yaml_source import line_of, parse_yaml
 
-SEVERITY = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
-
 
 @dataclass(frozen=True)
 class Context:
@@ -43,41 +41,6 @@ class Context:
     tenant: str | None = None
     route: str | None = None
     request_id: str = ""
-
-
-@dataclass(frozen=True)
-class Bypass:
-    """A stage that gave no answer and was passed over; `outcome` is what its `on_failure` made of it."""
-
-    outcome: Action
-    reason: str
-
-    @property
-    def note(self) -> str:
-        return f"moderation bypassed: {self.reason} (on_failure: {self.outcome})"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    action: Action = "allow"
-    category: str | None = None
-    score: float | None = None
-    rule_id: str | None = None
-    stage: str | None = None
-    replacement: str | None = None  # the redacted text, for `redact`
-    scores: dict[str, float] | None = None  # every label's score, from a scoring stage
-    bypass: Bypass | None = None  # a stage was passed over; kept whichever verdict wins, for audit and metrics
-
-
-ALLOW = Verdict()
-
-
-def with_bypass(chosen: Verdict, other: Verdict) -> Verdict:
-    """`chosen`, carrying `other`'s bypass when it has none of its own: a bypass is never hidden by
-    the verdict of another stage, text or check."""
-    if other.bypass is None or chosen.bypass is not None:
-        return chosen
-    return replace(chosen, bypass=other.bypass)
 
 
 def _thresholded(scores: dict[str, float], block: dict[str, float], flag: dict[str, float], stage: str) -> Verdict:
@@ -304,25 +267,11 @@ class Pipeline:
                 founds = await _race(run, texts, pending, ctx, timings)
             for found in founds:  # in policy order, so that the earlier stage wins a tie
                 for index, verdict in zip(pending, found, strict=True):
-                    current = verdicts[index]
-                    if SEVERITY[verdict.action] > SEVERITY[current.action] or (
-                            verdict.action == current.action and current.scores is None
-                            and verdict.scores is not None):
-                        verdicts[index] = with_bypass(verdict, current)
-                    elif verdict.bypass is not None:
-                        verdicts[index] = with_bypass(current, verdict)
+                    verdicts[index] = stronger(verdicts[index], verdict)
         return verdicts
 
     async def inspect(self, texts: list[str], ctx: Context) -> Verdict:
         return strongest(await self.inspect_each(texts, ctx))
-
-
-def strongest(verdicts: list[Verdict]) -> Verdict:
-    """The most severe verdict, the first one on a tie (carrying a bypass any of them has); ALLOW for none."""
-    chosen = max(verdicts, key=lambda verdict: SEVERITY[verdict.action], default=ALLOW)
-    for verdict in verdicts:
-        chosen = with_bypass(chosen, verdict)
-    return chosen
 
 
 def _is_expensive(inspector: Inspector) -> bool:

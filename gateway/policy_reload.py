@@ -31,9 +31,10 @@ from gateway.auth import Authenticator
 from gateway.breakers import Breakers
 from gateway.enforcement import Enforcer
 from gateway.errors import GatewayError, error_response
-from gateway.pipeline import golden_failures, load_pipeline, strongest
+from gateway.pipeline import golden_failures, load_pipeline
 from gateway.rollout import GuardRails, Rollout, RolloutMode, VersionStats, breach
 from gateway.telemetry import Metrics
+from gateway.verdict import strongest
 from policies.history import HistoryError, PolicyHistory
 from policies.schema import PolicyError
 from privacy.audit.record import new_record

@@ -16,7 +16,8 @@ import yaml
 
 from filters.moderation_hook import HookConfig, ModerationClient, ModerationUnavailable, close_sessions
 from gateway.enforcement import Enforcer
-from gateway.pipeline import Bypass, Context, Verdict, load_pipeline
+from gateway.pipeline import Context, load_pipeline
+from gateway.verdict import Bypass, Verdict
 from policies.schema import PolicyError
 from privacy.audit.store import AuditFilter, open_store
 from tests.conftest import free_port
