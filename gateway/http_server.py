@@ -25,6 +25,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.config import Settings
 from gateway.errors import HEADERS_TOO_LARGE
 
+REFUSED_LINGER_S = 2.0
+
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: object, header_timeout_s: float, max_header_bytes: int, body_timeout_s: float,
@@ -37,6 +39,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._head_bytes = 0
         self._head_began_in_this_read = False
+        self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -52,6 +55,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:  # the rest of a refused head: dropped until the connection closes
+            return
         self._head_began_in_this_read = False
         super().data_received(data)
         # A read in which a head began also holds what came before it (the end of a pipelined
@@ -91,12 +96,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse_head(self) -> None:
-        self._clear_deadline()
         self._reading_head = False
+        self._refused = True
         body = HEADERS_TOO_LARGE.body("", f"The request line and headers exceed {self.max_header_bytes} bytes.")
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body))
-        self.transport.close()
+        # Closing now, with the client's bytes unread, would reset the connection, and the client could
+        # lose the answer: end our side, drop what still comes for a moment, then close.
+        self.transport.write_eof()
+        self._set_deadline(REFUSED_LINGER_S)
 
 
 def bounded_protocol(settings: Settings) -> functools.partial[BoundedHttpToolsProtocol]:
