@@ -239,15 +239,21 @@ def mean_tokens(classifier, texts: list[str]) -> float:
 
 
 class CountingClassifier:
-    """What MicroBatcher calls (`score`), recording the size of every batch it forms."""
+    """What MicroBatcher calls, recording the size (in windows: one per short text) of every batch it scores."""
 
     def __init__(self, classifier) -> None:
         self.classifier = classifier
         self.batches: list[int] = []
 
-    def score(self, texts: list[str]):
-        self.batches.append(len(texts))
-        return self.classifier.score(texts)
+    def windows(self, text: str) -> list[list[int]]:
+        return self.classifier.windows(text)
+
+    def window_logits(self, windows: list[list[int]]):
+        self.batches.append(len(windows))
+        return self.classifier.window_logits(windows)
+
+    def calibrated(self, logits):
+        return self.classifier.calibrated(logits)
 
 
 @dataclass(frozen=True)

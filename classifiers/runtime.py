@@ -4,7 +4,10 @@ Long texts: the token sequence is cut into windows of `max_length` tokens overla
 every window is scored, and a text's score per label is the maximum over its windows (one harmful
 paragraph in a long document is enough). Past MAX_WINDOWS windows, that many are taken evenly
 spaced over the text: the cost stays bounded and the whole text is still sampled; the blacklist
-still reads every character.
+still reads every character. A text with more characters than MAX_WINDOWS windows could hold (a token
+covers at least one character) is not even normalised and tokenised whole (1 MiB took 3 s here, in
+the thread every request's scoring waits on): MAX_WINDOWS stretches evenly spaced over its characters
+are, each long enough for one window, the last one ending where the text ends.
 
 One window per forward pass, on as many single-threaded runs at once as there are CPUs. Measured
 here (ONNX Runtime int8, 2 cores, 512 short prompts of 27 tokens, tokenised beforehand): one window
@@ -13,19 +16,21 @@ padded batches of 8 or 32 (a batch pays for its longest text). And int8 quantise
 call, so a window scored beside others would get another scale — and another score — than alone.
 Scored alone, a text's scores never depend on its company.
 
-Micro-batching: concurrent requests are scored together (up to `max_batch` texts: those that queued
-while the previous batch ran, after waiting at most `max_wait_ms` for company) in one call to a worker
-thread, so that inference never blocks the event loop and the hand-off is paid once per batch rather
-than once per text. The wait defaults to 0: windows run one per pass, so a lone request gains nothing
-from company it waits for (measured through the gateway at 100 requests/s: p50 added 3.3 ms with no
-wait, 5.4 ms with 2 ms), while under load the queue fills the batches by itself.
+Micro-batching: concurrent requests are scored together. A text goes through two stages, each a
+worker thread fed in batches (so that neither tokenising nor inference blocks the event loop, and the
+hand-off is paid once per batch rather than once per text): tokenising (texts to windows), then scoring
+(windows to logits, up to `max_batch` windows and `max_batch_tokens` tokens a batch: what queued while
+the previous batch ran, after waiting at most `max_wait_ms` for company). The wait defaults to 0:
+windows run one per pass, so a lone request gains nothing from company it waits for (measured through
+the gateway at 100 requests/s: p50 added 3.3 ms with no wait, 5.4 ms with 2 ms), while under load the
+queue fills the batches by itself.
 
-Fairness: texts wait in one queue per caller key (the gateway passes the request id), and a batch takes
-one text from each key in turn, so a request with 10,000 texts shares the classifier with a request of
-one instead of going before it (it once held everyone's classifier work for 8-9 s). A batch also stops
-at `max_batch_chars` characters (at least one text): a token covers at least one character, so this
-bounds a batch's windows, and with them how long a batch of long texts keeps the next one waiting. A
-text whose caller has gone (a request blocked by another stage, a client that left) is dropped unscored.
+Fairness: in each stage, work waits in one queue per caller key (the gateway passes the request id),
+and a batch takes one item from each key in turn, so a request with 10,000 texts, or with a long text's
+64 windows, shares the classifier with a request of one instead of going before it (10,000 messages
+once held everyone's classifier work for 8-9 s). The token bound keeps a batch short (a full window
+costs about five short ones). Work whose caller has gone (a request blocked by another stage, a client
+that left) is dropped undone.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import onnxruntime
@@ -47,7 +53,14 @@ from classifiers.labels import LABELS, ClassifierError
 from classifiers.model import base_model_dir, build_tokenizer
 from filters.normalize import normalize
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
 MAX_WINDOWS = 64
+# Sampled without tokenising it whole: a text longer than MAX_WINDOWS windows of this many characters a
+# token (English has four or five: such a text has more than MAX_WINDOWS windows anyway).
+SAMPLE_ABOVE_WINDOWS_OF_CHARS = 4
+SAMPLE_MAX_CHARS_PER_TOKEN = 16  # a sampled stretch grows to at most this many characters per window token
 
 
 def inference_session(graph: Path) -> onnxruntime.InferenceSession:
@@ -88,17 +101,46 @@ class RiskClassifier:
         return cls(session, tokenizer, config, quantize, threads)
 
     def windows(self, text: str) -> list[list[int]]:
-        ids = self.tokenizer(normalize(text).text if self.config.normalize else text,
-                             add_special_tokens=False)["input_ids"]
+        if len(text) > SAMPLE_ABOVE_WINDOWS_OF_CHARS * MAX_WINDOWS * self.stride:
+            return self._framed(self._sampled_windows(text))
+        ids = self._token_ids([text])[0]
         starts = list(range(0, max(1, len(ids) - self.window + self.stride), self.stride)) or [0]
         if len(starts) > MAX_WINDOWS:
             starts = [starts[round(i * (len(starts) - 1) / (MAX_WINDOWS - 1))] for i in range(MAX_WINDOWS)]
+        return self._framed([ids[start:start + self.window] for start in starts])
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        texts = [normalize(text).text for text in texts] if self.config.normalize else texts
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _sampled_windows(self, text: str) -> list[list[int]]:
+        """MAX_WINDOWS windows from stretches of `text` evenly spaced over its characters, each stretch
+        tokenised alone and widened until it fills a window (Chinese: about one character a token;
+        English: four or five)."""
+        chars = 2 * self.window
+        starts = [round(i * (len(text) - chars) / (MAX_WINDOWS - 1)) for i in range(MAX_WINDOWS)]
+        ids = self._token_ids([text[start:start + chars] for start in starts])
+        short = [i for i, found in enumerate(ids) if len(found) < self.window]
+        while short and chars < SAMPLE_MAX_CHARS_PER_TOKEN * self.window:
+            chars *= 2
+            # The last stretch grows backwards: it keeps ending where the text ends.
+            spans = [(max(0, len(text) - chars), len(text)) if i == MAX_WINDOWS - 1 else (starts[i], starts[i] + chars)
+                     for i in short]
+            for i, found in zip(short, self._token_ids([text[start:end] for start, end in spans]), strict=True):
+                ids[i] = found
+            short = [i for i in short if len(ids[i]) < self.window]
+        return [found[-self.window:] if i == MAX_WINDOWS - 1 else found[:self.window] for i, found in enumerate(ids)]
+
+    def _framed(self, pieces: list[list[int]]) -> list[list[int]]:
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        return [[cls_id, *ids[start:start + self.window], sep_id] for start in starts]
+        return [[cls_id, *piece, sep_id] for piece in pieces]
 
     def score(self, texts: list[str]) -> np.ndarray:
         """Calibrated probabilities, one row per text, one column per label (LABELS order)."""
-        return 1.0 / (1.0 + np.exp(-(self.logits(texts) * self.scale + self.bias)))
+        return self.calibrated(self.logits(texts))
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(logits * self.scale + self.bias)))
 
     def logits(self, texts: list[str]) -> np.ndarray:
         """Uncalibrated logits, the maximum over each text's windows."""
@@ -109,12 +151,16 @@ class RiskClassifier:
             for window in self.windows(text):
                 owners.append(row)
                 windows.append(window)
-        scored = map(self._run, windows) if self._runs is None or len(windows) == 1 else self._runs.map(
-            self._run, windows)
         logits = np.full((len(texts), len(LABELS)), -np.inf, dtype=np.float32)
-        for row, window_logits in zip(owners, scored, strict=True):
+        for row, window_logits in zip(owners, self.window_logits(windows), strict=True):
             np.maximum(logits[row], window_logits, out=logits[row])
         return logits
+
+    def window_logits(self, windows: list[list[int]]) -> list[np.ndarray]:
+        """Each window's uncalibrated logits, the windows run side by side on the CPUs."""
+        if self._runs is None or len(windows) == 1:
+            return list(map(self._run, windows))
+        return list(self._runs.map(self._run, windows))
 
     def _run(self, window: list[int]) -> np.ndarray:
         input_ids = np.array([window], dtype=np.int64)
@@ -122,38 +168,62 @@ class RiskClassifier:
 
 
 class MicroBatcher:
-    """`await batcher.score(text, key)` → that text's scores, computed in a batch with concurrent callers,
+    """`await batcher.score(text, key)` → that text's scores, computed in batches with concurrent callers,
     the keys served in turn (see the module doc)."""
 
     def __init__(self, classifier: RiskClassifier, max_batch: int = 32, max_wait_ms: float = 0.0,
-                 max_batch_chars: int = 16 * 1024) -> None:
+                 max_batch_tokens: int = 1024, max_tokenize_chars: int = 16 * 1024) -> None:
         self.classifier = classifier
         self.labels = LABELS
-        self.max_batch = max_batch
-        self.max_batch_chars = max_batch_chars
-        self.max_wait_s = max_wait_ms / 1000
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classifier")
-        self._queues: dict[asyncio.AbstractEventLoop, _FairQueue] = {}
+        wait_s = max_wait_ms / 1000
+        # Two stages, each with its own thread, each fair: a long text's tokenising does not hold up
+        # scoring, and one request's windows do not hold up another's.
+        self._tokenizing = FairStage(self._windows_of, max_batch, max_tokenize_chars, len, wait_s, "tokenize")
+        self._scoring = FairStage(classifier.window_logits, max_batch, max_batch_tokens, len, wait_s, "classifier")
 
     async def score(self, text: str, key: Hashable = None) -> np.ndarray:
+        windows = await self._tokenizing.run(key, text)
+        rows = await asyncio.gather(*(self._scoring.run(key, window) for window in windows))
+        return self.classifier.calibrated(np.max(np.stack(rows), axis=0))
+
+    def _windows_of(self, texts: list[str]) -> list[list[list[int]]]:
+        return [self.classifier.windows(text) for text in texts]
+
+
+class FairStage(Generic[Item, Result]):
+    """`await stage.run(key, item)` → `work([item, ...])`'s result for it, computed on this stage's thread in
+    batches of at most `max_items` items and `max_cost` (an item over it goes alone), taken from the keys
+    in turn: one text, or window, of each waiting key before a second of any."""
+
+    def __init__(self, work: Callable[[list[Item]], list[Result]], max_items: int, max_cost: int,
+                 cost: Callable[[Item], int], max_wait_s: float, name: str) -> None:
+        self.work = work
+        self.max_items = max_items
+        self.max_cost = max_cost
+        self.cost = cost
+        self.max_wait_s = max_wait_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._queues: dict[asyncio.AbstractEventLoop, _FairQueue] = {}
+
+    async def run(self, key: Hashable, item: Item) -> Result:
         loop = asyncio.get_running_loop()
         queue = self._queues.get(loop)
         if queue is None:  # one collector per event loop (the gateway's, or a CLI's asyncio.run)
             queue = self._queues[loop] = _FairQueue()
             loop.create_task(self._collect(queue))
         future = loop.create_future()
-        queue.put(key, text, future)
+        queue.put(key, item, future)
         return await future
 
     async def _collect(self, queue: _FairQueue) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await queue.filled.wait()
-            batch = _Batch(self.max_batch, self.max_batch_chars)
+            batch = _Batch(self.max_items, self.max_cost, self.cost)
             queue.fill(batch)
             deadline = loop.time() + self.max_wait_s
             # Wait for company only while everything queued is in the batch and it has room.
-            while batch.texts and batch.has_room() and not queue.filled.is_set():
+            while batch.items and batch.has_room() and not queue.filled.is_set():
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -162,73 +232,74 @@ class MicroBatcher:
                 except TimeoutError:
                     break
                 queue.fill(batch)
-            if not batch.texts:  # every caller queued meanwhile had gone
+            if not batch.items:  # every caller queued meanwhile had gone
                 continue
             try:
-                scores = await loop.run_in_executor(self._executor, self.classifier.score, batch.texts)
+                results = await loop.run_in_executor(self._executor, self.work, batch.items)
             except Exception as exc:  # every waiter learns of the failure; the collector lives on
                 for future in batch.futures:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for future, row in zip(batch.futures, scores, strict=True):
+            for future, result in zip(batch.futures, results, strict=True):
                 if not future.done():
-                    future.set_result(row)
+                    future.set_result(result)
 
 
 class _Batch:
-    """The texts of one classifier call, bounded in number and in characters."""
+    """The items of one call, bounded in number and in cost."""
 
-    def __init__(self, max_texts: int, max_chars: int) -> None:
-        self.texts: list[str] = []
+    def __init__(self, max_items: int, max_cost: int, cost: Callable[[Any], int]) -> None:
+        self.items: list = []
         self.futures: list[asyncio.Future] = []
-        self.max_texts = max_texts
-        self.chars_left = max_chars
+        self.max_items = max_items
+        self.cost_left = max_cost
+        self.cost = cost
 
     def has_room(self) -> bool:
-        return len(self.texts) < self.max_texts and self.chars_left > 0
+        return len(self.items) < self.max_items and self.cost_left > 0
 
-    def admits(self, text: str) -> bool:
-        return not self.texts or (len(self.texts) < self.max_texts and len(text) <= self.chars_left)
+    def admits(self, item: object) -> bool:
+        return not self.items or (len(self.items) < self.max_items and self.cost(item) <= self.cost_left)
 
-    def add(self, text: str, future: asyncio.Future) -> None:
-        self.texts.append(text)
+    def add(self, item: object, future: asyncio.Future) -> None:
+        self.items.append(item)
         self.futures.append(future)
-        self.chars_left -= len(text)
+        self.cost_left -= self.cost(item)
 
 
 class _FairQueue:
-    """Texts waiting to be scored, by caller key; `fill` serves the keys in turn, one text each."""
+    """Items waiting, by caller key; `fill` serves the keys in turn, one item each."""
 
     def __init__(self) -> None:
-        self._waiting: dict[Hashable, deque[tuple[str, asyncio.Future]]] = {}
-        self._turns: deque[Hashable] = deque()  # the keys with texts waiting, the next to serve first
-        self.filled = asyncio.Event()  # set while any text waits
+        self._waiting: dict[Hashable, deque[tuple[object, asyncio.Future]]] = {}
+        self._turns: deque[Hashable] = deque()  # the keys with items waiting, the next to serve first
+        self.filled = asyncio.Event()  # set while any item waits
 
-    def put(self, key: Hashable, text: str, future: asyncio.Future) -> None:
+    def put(self, key: Hashable, item: object, future: asyncio.Future) -> None:
         waiting = self._waiting.get(key)
         if waiting is None:
             waiting = self._waiting[key] = deque()
             self._turns.append(key)
-        waiting.append((text, future))
+        waiting.append((item, future))
         self.filled.set()
 
     def fill(self, batch: _Batch) -> None:
         while self._turns:
             key = self._turns[0]
-            text, future = self._waiting[key][0]
-            if future.done():  # its caller has gone: nothing to score
+            item, future = self._waiting[key][0]
+            if future.done():  # its caller has gone: nothing to compute
                 self._pop_front()
                 continue
-            if not batch.admits(text):
+            if not batch.admits(item):
                 break
             self._pop_front()
-            batch.add(text, future)
+            batch.add(item, future)
         if not self._turns:
             self.filled.clear()
 
     def _pop_front(self) -> None:
-        """The front key's first text leaves; the key goes to the back of the turns if it has more."""
+        """The front key's first item leaves; the key goes to the back of the turns if it has more."""
         key = self._turns.popleft()
         waiting = self._waiting[key]
         waiting.popleft()

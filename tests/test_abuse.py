@@ -180,13 +180,13 @@ def test_a_huge_texts_blacklist_scan_leaves_the_event_loop_free():
 
 
 class _RecordingClassifier(RiskClassifier):
-    """The shipped classifier, noting the texts of every batch it is called with."""
+    """The shipped classifier, noting the windows of every batch it scores."""
 
-    batches: list[list[str]]
+    batches: list[list[list[int]]]
 
-    def score(self, texts: list[str]) -> np.ndarray:
-        self.batches.append(list(texts))
-        return super().score(texts)
+    def window_logits(self, windows: list[list[int]]) -> list[np.ndarray]:
+        self.batches.append(list(windows))
+        return super().window_logits(windows)
 
 
 def test_the_classifier_serves_requests_in_turn():
@@ -195,20 +195,22 @@ def test_the_classifier_serves_requests_in_turn():
     recording.batches = []
     batcher = MicroBatcher(recording, max_batch=32)
     single = "Will it rain in Lisbon tomorrow?"
+    single_window = shipped.windows(single)[0]
+    huge = adversarial_text(1024 * 1024)  # 64 windows: they must not go before the single one either
 
     async def scenario() -> tuple[np.ndarray, int, int]:
-        # One request's 2,000 texts are queued before another request's one text.
-        flood = [asyncio.create_task(batcher.score(f"message {index} of a long conversation", "flood"))
-                 for index in range(2000)]
+        # One request's long text and 2,000 short ones are queued before another request's one text.
+        flood = [asyncio.create_task(batcher.score(text, "flood")) for text in
+                 [huge, *(f"message {index} of a long conversation" for index in range(2000))]]
         await asyncio.sleep(0)  # the flood's tasks run: its texts are in the queue
         row = await batcher.score(single, "single")
-        batches_until_single = len(recording.batches)
+        batch_of_single = next(index for index, batch in enumerate(recording.batches) if single_window in batch)
         for task in flood:  # the flooding request is gone (blocked, or its client left)
             task.cancel()
         await batcher.score("the next request", "next")
-        return row, batches_until_single, len(recording.batches)
+        return row, batch_of_single, len(recording.batches)
 
-    row, batches_until_single, batches_in_all = asyncio.run(scenario())
-    assert batches_until_single <= 2  # not after the flood's 63 batches
+    row, batch_of_single, batches_in_all = asyncio.run(scenario())
+    assert batch_of_single <= 2  # not after the flood's hundred or so batches
     assert np.array_equal(row, shipped.score([single])[0])  # its own scores, whatever its company
-    assert batches_in_all <= batches_until_single + 2  # the gone request's texts were dropped unscored
+    assert batches_in_all <= batch_of_single + 4  # the gone request's work was dropped undone

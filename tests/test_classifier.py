@@ -111,9 +111,9 @@ def test_the_micro_batcher_scores_concurrent_requests_together(exact, max_wait_m
     sizes = []
 
     class Counting(RiskClassifier):
-        def score(self, texts):
-            sizes.append(len(texts))
-            return super().score(texts)
+        def window_logits(self, windows):
+            sizes.append(len(windows))
+            return super().window_logits(windows)
 
     counting = Counting(exact.session, exact.tokenizer, exact.config, quantize="none")
     batcher = MicroBatcher(counting, max_batch=8, max_wait_ms=max_wait_ms)
