@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -53,6 +54,9 @@ CLIENT_CLOSED_REQUEST = 499
 
 # Watch for a vanished client only once an upstream answer takes longer than this (see CancelOnDisconnect).
 DISCONNECT_WATCH_GRACE_S = 0.05
+
+# Bodies up to this size are validated on the event loop (a thread hop costs more than their parse).
+PARSE_ON_LOOP_MAX_BYTES = 64 * 1024
 
 
 class ProxyEndpoint:
@@ -139,7 +143,7 @@ class OpenAIProxy:
             if request_model is None:
                 enforcer = None
         if request_model is not None:
-            parsed = parse_request(request_model, body)
+            parsed = await _parsed(request_model, body)
             stream = getattr(parsed, "stream", False)
             note_request(scope["state"], parsed)
             if enforcer is not None:
@@ -201,6 +205,20 @@ class OpenAIProxy:
             return b"".join(chunks)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(exc, response_started=True) from None
+
+
+async def _parsed(request_model: type[RequestModel], body: bytes) -> RequestModel:
+    """The validated request, its texts walked. A large body's validation and walk (10,000 messages: a
+    few hundred milliseconds) run on a thread: on the event loop they would stall every other request."""
+    if len(body) <= PARSE_ON_LOOP_MAX_BYTES:
+        return parse_request(request_model, body)
+    return await asyncio.to_thread(_parsed_and_walked, request_model, body)
+
+
+def _parsed_and_walked(request_model: type[RequestModel], body: bytes) -> RequestModel:
+    parsed = parse_request(request_model, body)
+    parsed.walk()  # kept on the request: the budget, the audit and the stages read it from there
+    return parsed
 
 
 def _check_complete_response(status: int, payload: bytes) -> dict | None:

@@ -14,7 +14,9 @@ import pytest
 
 from classifiers.registry import BUILTIN_DIR
 from classifiers.runtime import MicroBatcher, RiskClassifier
+from gateway import routes
 from gateway.app import DEFAULT_POLICY
+from gateway.openai_schema import ChatCompletionRequest
 from gateway.pipeline import BlacklistInspector, Context
 from policies.schema import load_policy
 
@@ -178,6 +180,22 @@ def test_a_huge_texts_blacklist_scan_leaves_the_event_loop_free():
     assert probe_answered_first
     assert action == "block"  # and the scan, wherever it ran, still reads the whole text
 
+
+
+def test_a_large_bodys_validation_leaves_the_event_loop_free():
+    messages = [{"role": "user", "content": f"short message {index}"} for index in range(10_000)]
+    body = json.dumps({"model": "echo", "messages": messages}).encode()
+
+    async def scenario() -> tuple[bool, int]:
+        parsing = asyncio.create_task(routes._parsed(ChatCompletionRequest, body))
+        await asyncio.sleep(0)  # the validation has begun
+        probe_answered_first = not parsing.done()
+        parsed = await parsing
+        return probe_answered_first, len(parsed.texts())
+
+    probe_answered_first, texts = asyncio.run(scenario())
+    assert probe_answered_first
+    assert texts == 10_000
 
 class _RecordingClassifier(RiskClassifier):
     """The shipped classifier, noting the windows of every batch it scores."""
