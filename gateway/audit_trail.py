@@ -19,15 +19,17 @@ import orjson
 import structlog
 from starlette.types import Message, Scope, Send
 
+from filters.pii import redact_pii
 from gateway.config import Settings
 from gateway.errors import AUDIT_UNAVAILABLE, GatewayError
 from gateway.openai_schema import completion_texts, stream_event_text
 from gateway.verdict import SEVERITY, Verdict
 from policies.schema import AuditSettings
-from privacy.audit.record import AuditRecord, new_record, retain_text
+from privacy.audit.record import AuditRecord, SubjectKey, new_record, retain_text, stored_request_id
 from privacy.audit.signing import HmacSigner, Signer, hmac_key_from_file, load_ed25519
 from privacy.audit.store import AuditStore, CheckpointPolicy, open_store
 from privacy.audit.writer import AuditUnavailable, AuditWriter, WriterSettings
+from privacy.files import private_directory
 from privacy.redact import retained
 
 log = structlog.get_logger("wardgate.audit")
@@ -53,6 +55,13 @@ def audit_signer(settings: Settings, create: bool = True) -> Signer:
     return HmacSigner(hmac_key_from_file(settings.audit_hmac_key_path, create=create))
 
 
+def audit_subject_key(settings: Settings, create: bool = True) -> SubjectKey:
+    """The key records pseudonymise their data subject with, kept in the state directory (created on
+    first use). Replicas that share one audit store must share this file, or erasure misses the
+    subjects the others recorded."""
+    return SubjectKey(hmac_key_from_file(settings.state_dir / "audit-subject.key", create, "audit subject key"))
+
+
 def checkpoint_policy(settings: Settings) -> CheckpointPolicy:
     return CheckpointPolicy(settings.audit_checkpoint_every, settings.audit_checkpoint_interval_s)
 
@@ -66,8 +75,9 @@ def build_writer(settings: Settings, observer: Any = None) -> AuditWriter:
         breaker_fail_max=settings.audit_breaker_fail_max,
         breaker_reset_s=settings.audit_breaker_reset_s,
     )
+    private_directory(settings.state_dir)  # before anything is written in it
     return AuditWriter(audit_store(settings), audit_signer(settings), settings.state_dir / "audit-spill",
-                       writer_settings, observer)
+                       writer_settings, observer, audit_subject_key(settings))
 
 
 # -- what the request path notes down ---------------------------------------------------------------
@@ -149,7 +159,8 @@ def _upstream_fields(state: dict) -> dict[str, Any] | None:
     return fields
 
 
-def request_record(scope: Scope, status: int, elapsed_s: float, known_route: bool) -> AuditRecord:
+def request_record(scope: Scope, status: int, elapsed_s: float, known_route: bool,
+                   subject_key: SubjectKey | None) -> AuditRecord:
     state = scope["state"]
     verdicts: dict[str, Verdict] = state.get("verdicts", {})
     error_code = state.get("error_code")
@@ -157,14 +168,14 @@ def request_record(scope: Scope, status: int, elapsed_s: float, known_route: boo
     admin = scope["path"].startswith("/admin/")
     record = new_record(
         "event" if admin else "request",
-        record_id=state["request_id"],
+        request_id=stored_request_id(state["request_id"]),
         event="admin_access" if admin else None,
         tenant=state.get("tenant"),
         key_id=state.get("key_id"),
         route=scope["path"] if known_route else "unmatched",
         method=scope["method"],
         status=status,
-        model=state.get("model"),
+        model=redact_pii(state["model"]) if isinstance(state.get("model"), str) else None,
         policy_version=state.get("policy_version"),
         policy_digest=state.get("policy_digest"),
         classifier_digest=state.get("classifier_digest"),
@@ -188,13 +199,15 @@ def request_record(scope: Scope, status: int, elapsed_s: float, known_route: boo
         completion = "".join(state["completion_parts"])
     truncated = []
     prompt = "\n\n".join(state["input_texts"]) if "input_texts" in state else None
+    subject = state.get("subject")
+    pseudonym = subject_key.pseudonym(subject) if subject is not None and subject_key is not None else None
     for role, text in (("prompt", prompt), ("completion", completion)):
         if not text:
             continue
         if len(text) > MAX_STORED_CHARS:
             truncated.append(role)
         kept = retained(text[:MAX_STORED_CHARS], audit.retention)
-        record.texts.append(retain_text(role, text, kept, state.get("subject"), audit.retention_days))
+        record.texts.append(retain_text(role, text, kept, pseudonym, audit.retention_days))
     record.body["retention"] = audit.retention
     if truncated:
         record.body["truncated"] = truncated
@@ -231,11 +244,12 @@ class AuditedSend:
 
     async def _commit(self, status: int) -> bool:
         self.recorded = True
-        record = request_record(self.scope, status, time.perf_counter() - self.started, self.known_route)
+        record = request_record(self.scope, status, time.perf_counter() - self.started, self.known_route,
+                                self.writer.subject_key)
         try:
             await self.writer.commit(record)
         except AuditUnavailable as exc:
-            log.error("audit_record_refused", request_id=self.scope["state"]["request_id"], error=str(exc))
+            log.error("audit_record_refused", error=str(exc))  # the request id is bound to every line
             return False
         return True
 

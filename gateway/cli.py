@@ -749,7 +749,7 @@ _AUDIT_FILTER_OPTIONS = (
     click.option("--decision", help="allow, flag, redact, block or error."),
     click.option("--category", help="The deciding verdict's category (illegal, pii, unsafe, ...)."),
     click.option("--rule", "rule_id", help="The deciding rule (rule_id)."),
-    click.option("--request-id", help="A request's id (its X-Request-ID header)."),
+    click.option("--request-id", help="A client's request id (its X-Request-ID header): every record carrying it."),
     click.option("--kind", help="request or event (policy activations, erasures, admin access)."),
     click.option("--text", help="Substring of a stored prompt or completion (as stored: redacted)."),
     click.option("--after-seq", metavar="SEQ", help="Only records after this sequence number (paging)."),
@@ -834,9 +834,9 @@ def _utc(at: float, timespec: str = "seconds") -> str:
 
 _TABLE_COLUMNS = (("seq", ">7"), ("time (UTC)", "<19"), ("tenant", "<12"), ("route", "<20"), ("status", ">6"),
                   ("decision", "<8"), ("category", "<10"), ("rule_id", "<24"), ("latency ms", ">10"), ("prompt", ""))
-_CSV_COLUMNS = ("seq", "id", "at", "time_utc", "kind", "event", "tenant", "key_id", "route", "method", "status",
-                "model", "decision", "category", "rule_id", "score", "error_code", "latency_ms", "policy_version",
-                "policy_digest", "retention", "prompt", "completion", "hash")
+_CSV_COLUMNS = ("seq", "id", "request_id", "at", "time_utc", "kind", "event", "tenant", "key_id", "route", "method",
+                "status", "model", "decision", "category", "rule_id", "score", "error_code", "latency_ms",
+                "policy_version", "policy_digest", "retention", "prompt", "completion", "hash")
 _EXCERPT_CHARS = 60
 
 
@@ -1090,7 +1090,9 @@ def audit_verify(config_file: Path | None, state_dir: Path | None, audit_dsn: st
     """Check the hash chain and its signed checkpoints.
 
     Exit status 0: intact; 1: broken (the first broken link is named); 2: the store or the key cannot
-    be used. With no key at all, only the hash chain is checked, and the output says so."""
+    be used; 3: intact, but records the store refused are missing from it (each is named, with the
+    dead-letter file that keeps it). With no key at all, only the hash chain is checked, and the output
+    says so."""
     from privacy.audit.verify import verify
 
     with _audit_errors(), _opened_audit_store(config_file, state_dir, audit_dsn) as (settings, store):
@@ -1109,12 +1111,19 @@ def audit_verify(config_file: Path | None, state_dir: Path | None, audit_dsn: st
     click.echo(f"head: seq {report.head_seq} hash {report.head_hash}")
     for note in report.notes:
         click.echo(f"note: {note}")
+    for missing in report.unstored:
+        click.echo(f"not stored: {missing}")
+    if not report.complete:
+        click.echo(f"INCOMPLETE: the chain is intact, but {len(report.unstored)} records are missing from it "
+                   "(named above)")
+        sys.exit(3)
     click.echo("intact")
 
 
 @audit.command("erase")
 @_audit_store_options
-@click.option("--subject", required=True, help="The data subject: the `user` field the requests carried.")
+@click.option("--subject", required=True, help="The data subject: the `user` field the requests carried (records "
+              "keep it pseudonymised with the gateway's subject key, which must be in the state directory).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def audit_erase(config_file: Path | None, state_dir: Path | None, audit_dsn: str | None, subject: str,
                 yes: bool) -> None:
@@ -1122,16 +1131,17 @@ def audit_erase(config_file: Path | None, state_dir: Path | None, audit_dsn: str
 
     Removes the subject's stored prompts and completions (records and digests stay, so the chain still
     verifies) and records the erasure as an audit event."""
-    from gateway.audit_trail import audit_signer, checkpoint_policy
+    from gateway.audit_trail import audit_signer, audit_subject_key, checkpoint_policy
 
     with _audit_errors(), _opened_audit_store(config_file, state_dir, audit_dsn) as (settings, store):
         if not subject:
             raise _AuditCommandError("--subject must not be empty")
         signer = audit_signer(settings, create=False)
+        subject_key = audit_subject_key(settings, create=False)
         if not yes:
             click.confirm(f"Erase every stored prompt and completion of subject {subject!r}?", abort=True)
         # One transaction: the texts go and the erasure event is chained, or neither happens.
-        removed, seq = store.erase_subject(subject, signer, checkpoint_policy(settings))
+        removed, seq = store.erase_subject(subject, subject_key, signer, checkpoint_policy(settings))
     click.echo(f"erased {removed} stored texts of the subject; the erasure is audit record seq {seq}")
 
 

@@ -36,8 +36,9 @@ def _orjson_text(event: dict, **_: object) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
-# Fields that hold identifiers the gateway made or checked, never free text.
-_NOT_TEXT = frozenset({"event", "timestamp", "level", "logger", "request_id", "trace_id", "route", "method",
+# Fields that hold identifiers the gateway made or checked, never free text. (A request id is the
+# client's text: the access line carries it masked already, other lines have it masked here.)
+_NOT_TEXT = frozenset({"event", "timestamp", "level", "logger", "trace_id", "route", "method",
                        "status", "tenant", "latency_ms", "upstream_ms", "error_code", "policy_digest"})
 
 
@@ -162,7 +163,8 @@ class Metrics:
         )
         self.audit_records = Counter(
             "wardgate_audit_records_total", "Audit records: committed to the store, spilled to the local "
-            "file (replayed later), or failed (the request was refused with WG5002).", ["result"],
+            "file (replayed later), failed (the request was refused with WG5002), or dead_lettered (refused by "
+            "the store for what it holds: kept in a dead-letter file, an event in the log names it).", ["result"],
             registry=self.registry,
         )
         self.audit_commit_duration = Histogram(
@@ -246,6 +248,9 @@ class Metrics:
     def failed(self, records: int) -> None:
         self.audit_records.labels("failed").inc(records)
 
+    def dead_lettered(self, records: int) -> None:
+        self.audit_records.labels("dead_lettered").inc(records)
+
     def breaker_changed(self, state: str) -> None:
         self.set_breaker_state(AUDIT_BREAKER, state)
 
@@ -302,7 +307,11 @@ class RequestTelemetry:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _client_request_id(scope["headers"]) or os.urandom(16).hex()
+        client_id = _client_request_id(scope["headers"])
+        request_id = client_id or os.urandom(16).hex()
+        # A client's id may hold personal data (an e-mail address): logs and traces get it masked, once
+        # per request; the client and the upstream get it as it was sent.
+        logged_id = redact_pii(client_id) if client_id else request_id
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         id_header = (_REQUEST_ID_HEADER, request_id.encode())
@@ -320,7 +329,7 @@ class RequestTelemetry:
         if span is not None:
             state["trace_id"] = span.trace_id
         # Whatever else is logged while this request runs names it (and its trace) too.
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        structlog.contextvars.bind_contextvars(request_id=logged_id)
         if span is not None:
             structlog.contextvars.bind_contextvars(trace_id=span.trace_id)
         audited = None
@@ -335,17 +344,17 @@ class RequestTelemetry:
         finally:
             if audited is not None:
                 await audited.finish(status or (499 if state.get("client_disconnected") else 500))
-            status = self._record(scope, state, status, time.perf_counter() - started, failure)
+            status = self._record(scope, state, logged_id, status, time.perf_counter() - started, failure)
             structlog.contextvars.clear_contextvars()
             if span is not None:
-                span.end(status, {"wardgate.request_id": request_id, "wardgate.tenant": state.get("tenant"),
+                span.end(status, {"wardgate.request_id": logged_id, "wardgate.tenant": state.get("tenant"),
                                   "wardgate.error_code": state.get("error_code")})
 
     def _route_label(self, path: str) -> str:
         return path if path in self.route_paths else "unmatched"
 
     def _record(
-        self, scope: Scope, state: dict, status: int, elapsed: float, failure: BaseException | None
+        self, scope: Scope, state: dict, logged_id: str, status: int, elapsed: float, failure: BaseException | None
     ) -> int:
         """Metrics and the access line; returns the status as recorded."""
         route_label = self._route_label(scope["path"])
@@ -359,7 +368,7 @@ class RequestTelemetry:
         if "verdicts" in state:
             self.metrics.record_inspection(state["verdicts"], state.get("stage_ms", {}))
         fields = {
-            "request_id": state["request_id"],
+            "request_id": logged_id,
             "tenant": state.get("tenant"),
             "method": scope["method"],
             "route": route_label,

@@ -2,7 +2,8 @@
 
 Every version that becomes active is stored whole (the text of each of its source files, keyed by
 its digest), and every activation, refusal and rollback is an event. Several gateway workers may
-write at once: WAL mode, a busy timeout, and versions inserted idempotently by digest.
+write at once: WAL mode, a busy timeout, and versions inserted idempotently by digest. Like every
+file the gateway writes, the database is 0600 in the 0700 state directory (privacy/files.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policies.schema import Policy, policy_digest
+from privacy.files import private_directory, private_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS policy_versions (
@@ -70,7 +72,8 @@ class PolicyHistory:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_directory(self.path.parent)  # the state directory
+            private_sqlite(self.path)
             connection = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(f"cannot open the policy history {self.path}: {exc}") from None

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from privacy.audit.record import canonical, chain_hash, new_record, retain_text
+from privacy.audit.record import SubjectKey, canonical, chain_hash, new_record, retain_text
 from privacy.audit.signing import HmacSigner, generate_ed25519, load_ed25519
 from privacy.audit.store import SCHEMA_VERSION, AuditFilter, AuditStore, CheckpointPolicy, StoreError, open_store
 from privacy.audit.verify import verify
@@ -26,6 +26,7 @@ from tests.test_errors import assert_coded_error
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 SIGNER = HmacSigner(b"test-key-" * 4)
+SUBJECTS = SubjectKey(b"subject-key-" * 3)
 EVERY_3 = CheckpointPolicy(every_records=3, every_s=3600)
 
 
@@ -65,7 +66,7 @@ def records(count: int, subject: str | None = "alice", tenant: str = "acme") -> 
         record = new_record("request", tenant=tenant, route="/v1/chat/completions",
                             decision="block" if index % 3 == 0 else "allow", status=200)
         record.texts.append(retain_text("prompt", f"prompt {index} of a@b.example", f"prompt {index} of [EMAIL]",
-                                        subject, retention_days=30))
+                                        SUBJECTS.pseudonym(subject) if subject else None, retention_days=30))
         made.append(record)
     return made
 
@@ -143,11 +144,11 @@ def test_a_chain_rewritten_with_fresh_hashes_is_caught_by_its_checkpoint(store, 
 
 def test_erasure_removes_a_subjects_texts_and_the_chain_still_verifies(store):
     store.append(records(3, subject="alice") + records(2, subject="bob"), SIGNER, EVERY_3)
-    assert store.erase_subject("alice", SIGNER, EVERY_3) == (3, 6)
+    assert store.erase_subject("alice", SUBJECTS, SIGNER, EVERY_3) == (3, 6)
     remaining = store.query(AuditFilter(), limit=10)
     assert [bool(row.texts) for row in remaining] == [False, False, False, True, True, False]
     assert remaining[-1].body["event"] == "erasure" and remaining[-1].body["texts_removed"] == 3
-    assert remaining[-1].body["subject_sha256"] == hashlib.sha256(b"alice").hexdigest()
+    assert remaining[-1].body["subject"] == SUBJECTS.pseudonym("alice")  # named by its pseudonym, not in the clear
     assert verify(store, [SIGNER]).ok
     assert store.query(AuditFilter(text="[EMAIL]"), limit=10)[0].seq == 4
 
@@ -236,6 +237,7 @@ class Counts:
     def __init__(self) -> None:
         self.transactions = 0
         self.records = {"committed": 0, "spilled": 0, "failed": 0}
+        self.dead_letters = 0
         self.breaker: list[str] = []
 
     def committed(self, records: int, seconds: float) -> None:
@@ -247,6 +249,9 @@ class Counts:
 
     def failed(self, records: int) -> None:
         self.records["failed"] += records
+
+    def dead_lettered(self, records: int) -> None:
+        self.dead_letters += records
 
     def breaker_changed(self, state: str) -> None:
         self.breaker.append(state)
@@ -383,7 +388,8 @@ def test_each_request_is_committed_before_its_response_completes(start_gateway, 
     assert set(allowed.body["stage_ms"]["input"]) == {"blacklist"}
     assert allowed.texts["prompt"]["text"] == "mail me at [EMAIL] or [PHONE]"
     assert allowed.texts["completion"]["text"] == "echo: mail me at [EMAIL] or [PHONE]"
-    assert allowed.texts["prompt"]["subject"] == "subject-7"
+    subject_key = SubjectKey(bytes.fromhex((gateway.log_path.parent / "state" / "audit-subject.key").read_text()))
+    assert allowed.texts["prompt"]["subject"] == subject_key.pseudonym("subject-7")  # never the raw `user`
     # Nothing inspects this policy's output: the stream's text is still kept, as a whole answer's is.
     assert found["stream"][0].texts["completion"]["text"] == "Hello from the fake model, 你好!"
     blocked = found["block"][0].body
@@ -495,9 +501,9 @@ def test_a_thousand_mixed_requests_leave_one_record_each(start_gateway, upstream
                for request_id in chunk]
     assert len(set(ids)) == 1000
     store = open_store(str(database))
-    stored = [row.body["id"] for row in store.scan() if row.body["kind"] == "request"]
+    stored = [row.body["request_id"] for row in store.scan() if row.body["kind"] == "request"]
     assert sorted(stored) == sorted(ids)  # exactly one record each, none extra
-    decisions = {row.body["id"]: row.body["decision"] for row in store.scan() if row.body["kind"] == "request"}
+    decisions = {row.body["request_id"]: row.body["decision"] for row in store.scan() if row.body["kind"] == "request"}
     assert sorted(decisions.values()).count("block") == 200 and sorted(decisions.values()).count("error") == 200
     assert verify(store, []).ok
 
@@ -531,7 +537,7 @@ def test_a_gateway_killed_under_load_keeps_every_acknowledged_record(start_gatew
     restarted = start_gateway(*arguments, env={"WARDGATE_STATE_DIR": str(state)})
     assert chat(restarted, "after the crash").status_code == 200
     store = open_store(str(database))
-    stored = {row.body["id"] for row in store.scan()}
+    stored = stored_request_ids(store)
     missing = set(acknowledged) - stored
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged requests have no record"
     assert verify(store, []).ok
@@ -629,12 +635,16 @@ def test_postgresql_stopped_mid_run_then_restarted(start_gateway, upstream, own_
     acknowledged.append(chat(spilling, "after").headers["x-request-id"])
     store = open_store(own_postgres.dsn)
     deadline = time.monotonic() + 15  # the writer tries the store again every second, requests or not
-    while not set(acknowledged) <= {row.body["id"] for row in store.scan()} and time.monotonic() < deadline:
+    while not set(acknowledged) <= stored_request_ids(store) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert set(acknowledged) <= {row.body["id"] for row in store.scan()}
+    assert set(acknowledged) <= stored_request_ids(store)
     answered_once_the_store_is_back(fail_closed)
     assert verify(store, []).ok
     store.close()
+
+
+def stored_request_ids(store: AuditStore) -> set[str]:
+    return {row.body.get("request_id") for row in store.scan()}
 
 
 def answered_once_the_store_is_back(gateway, timeout_s: float = 15) -> None:

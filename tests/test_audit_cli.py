@@ -33,6 +33,7 @@ from starlette.testclient import TestClient
 from gateway.admin_audit import AdminAuditEndpoint
 from gateway.auth import Authenticator
 from gateway.config import ApiKey, Settings
+from privacy.audit.record import SubjectKey
 from tests.conftest import WARDGATE, free_port
 from tests.test_errors import assert_coded_error
 
@@ -90,7 +91,7 @@ class Trail:
     dsn: str
     config: Path
     state: Path
-    ids: dict[str, str]  # REQUESTS name -> request id (the record's id)
+    ids: dict[str, str]  # REQUESTS name -> the client's request id (X-Request-ID; records carry it as request_id)
     public_key: Path | None  # the Ed25519 public key (SQLite), None for HMAC (PostgreSQL)
 
     def store_args(self, dsn: str | None = None) -> list[str]:
@@ -106,7 +107,8 @@ class Trail:
         return [json.loads(line) for line in result.stdout.splitlines()]
 
     def ids_of(self, *args: str) -> list[str]:
-        return [record["id"] for record in self.records(*args)]
+        """The request ids of the records `query` finds."""
+        return [record.get("request_id") for record in self.records(*args)]
 
 
 def _key_entry(key_id: str, key: str, role: str, tenant: str) -> str:
@@ -184,16 +186,20 @@ def tamper(dsn: str, statement: str, parameters: tuple = ()) -> int:
         return connection.execute(statement, parameters).rowcount
 
 
-def seq_of(trail: Trail, name: str) -> int:
+def record_of(trail: Trail, name: str) -> dict:
     [record] = trail.records("--request-id", trail.ids[name])
-    return record["seq"]
+    return record
+
+
+def seq_of(trail: Trail, name: str) -> int:
+    return record_of(trail, name)["seq"]
 
 
 # -- query --------------------------------------------------------------------------------------------
 
 def test_the_gateway_left_one_record_per_request(trail):
     requests = trail.records("--kind", "request")[:len(REQUESTS)]
-    assert [record["id"] for record in requests] == list(trail.ids.values())
+    assert [record["request_id"] for record in requests] == list(trail.ids.values())
     for record, name in zip(requests, REQUESTS, strict=True):
         decision, category, rule_id, tenant, status = EXPECTED[name]
         assert (record["decision"], record.get("category"), record.get("rule_id"), record["tenant"],
@@ -225,7 +231,7 @@ def test_query_filters(trail):
     # Time: relative, unix seconds, ISO 8601.
     assert set(ids.values()) <= set(trail.ids_of("--since", "1h"))
     assert trail.ids_of("--until", "1h") == []
-    at = {record["id"]: record["at"] for record in trail.records("--kind", "request")}
+    at = {record["request_id"]: record["at"] for record in trail.records("--kind", "request")}
     assert trail.ids_of("--since", repr(at[ids["blocked"]]), "--until", repr(at[ids["story"]]),
                         "--kind", "request") == [ids["blocked"], ids["card"]]
     assert set(ids.values()) <= set(trail.ids_of("--since", "2000-01-01", "--until", "2100-01-01T00:00:00Z"))
@@ -237,7 +243,7 @@ def test_query_filters(trail):
 def test_query_formats(trail):
     records = trail.records()
     assert [record["seq"] for record in records] == list(range(1, len(records) + 1))
-    blocked = next(record for record in records if record["id"] == trail.ids["blocked"])
+    blocked = next(record for record in records if record.get("request_id") == trail.ids["blocked"])
     assert blocked["hash"] and blocked["texts"]["prompt"]  # the chained digest, and the stored text
     table = trail.audit("query", "--request-id", trail.ids["blocked"])
     assert table.returncode == 0, table.stderr
@@ -250,7 +256,7 @@ def test_query_formats(trail):
     result = trail.audit("query", "--format", "csv", "--tenant", "t-other")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert [row["id"] for row in rows] == [trail.ids["card"], trail.ids["story"]]
+    assert [row["request_id"] for row in rows] == [trail.ids["card"], trail.ids["story"]]
     card = rows[0]
     assert (card["decision"], card["rule_id"], card["status"], card["tenant"]) == ("redact", "pii.card_number",
                                                                                     "200", "t-other")
@@ -258,7 +264,7 @@ def test_query_formats(trail):
     assert card["completion"].startswith("echo: My card number is")
     assert card["category"] == "pii" and card["event"] == "" and float(card["latency_ms"]) > 0
     assert card["time_utc"].endswith("Z") and card["hash"] == next(
-        record["hash"] for record in records if record["id"] == trail.ids["card"])
+        record["hash"] for record in records if record.get("request_id") == trail.ids["card"])
 
 
 def test_paging_with_after_seq(trail):
@@ -294,8 +300,8 @@ def test_export_writes_every_record_in_chain_order(trail, tmp_path):
     assert [json.loads(line) for line in out.read_text().splitlines()] == everything
     assert not list(tmp_path.glob(".*partial"))
     to_stdout = trail.audit("export", "--tenant", "t-other")
-    assert [json.loads(line)["id"] for line in to_stdout.stdout.splitlines()] == [trail.ids["card"],
-                                                                                   trail.ids["story"]]
+    assert [json.loads(line)["request_id"] for line in to_stdout.stdout.splitlines()] == [trail.ids["card"],
+                                                                                           trail.ids["story"]]
     assert to_stdout.stderr.strip() == "2 records exported"
 
 
@@ -343,21 +349,22 @@ def test_verify_an_intact_chain(trail):
 def test_verify_names_the_first_broken_link(trail, copy_dsn, edit):
     assert trail.audit("verify", dsn=copy_dsn).returncode == 0
     blocked, story = seq_of(trail, "blocked"), seq_of(trail, "story")
+    record_id = {name: record_of(trail, name)["id"] for name in ("blocked", "story", "card")}  # the gateway's ids
     if edit == "body":  # someone turns a block into an allow, in the chained record itself
         changed = tamper(copy_dsn, "UPDATE audit_records SET body = REPLACE(body, '\"decision\":\"block\"', "
                                    "'\"decision\":\"allow\"') WHERE seq = ?", (blocked,))
-        expected = f"record seq {blocked} (id {trail.ids['blocked']}): its content does not match its hash"
+        expected = f"record seq {blocked} (id {record_id['blocked']}): its content does not match its hash"
     elif edit == "column":  # only the indexed column, so that queries miss it
         changed = tamper(copy_dsn, "UPDATE audit_records SET decision = 'allow' WHERE seq = ?", (blocked,))
-        expected = f"record seq {blocked} (id {trail.ids['blocked']}): column decision='allow' disagrees"
+        expected = f"record seq {blocked} (id {record_id['blocked']}): column decision='allow' disagrees"
     elif edit == "text":
         changed = tamper(copy_dsn, "UPDATE audit_texts SET text = 'a harmless question' WHERE record_id = ? "
                                    "AND role = 'prompt'",
-                         (trail.ids["story"],))
-        expected = f"record seq {story} (id {trail.ids['story']}): the stored prompt text does not match"
+                         (record_id["story"],))
+        expected = f"record seq {story} (id {record_id['story']}): the stored prompt text does not match"
     else:  # a record in the middle of the chain disappears
         changed = tamper(copy_dsn, "DELETE FROM audit_records WHERE seq = ?", (blocked,))
-        expected = f"record seq {blocked + 1} (id {trail.ids['card']}): seq {blocked} missing before it"
+        expected = f"record seq {blocked + 1} (id {record_id['card']}): seq {blocked} missing before it"
     assert changed == 1
     result = trail.audit("verify", dsn=copy_dsn)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -396,12 +403,13 @@ def test_erasure_removes_a_subjects_texts_and_is_itself_audited(trail, copy_dsn)
     result = trail.audit("erase", "--subject", "alice", "--yes", dsn=copy_dsn)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("erased 3 stored texts")  # allowed: prompt + completion; blocked: prompt
-    after = {record["id"]: record for record in trail.records(dsn=copy_dsn)}
+    after = {record.get("request_id", record["id"]): record for record in trail.records(dsn=copy_dsn)}
     for record_id in alice:
         assert after[record_id]["stored_texts"] == {} and after[record_id]["texts"]  # digests stay
     assert after[trail.ids["story"]]["stored_texts"]["prompt"] == REQUESTS["story"][2]  # bob's are kept
     [event] = [record for record in after.values() if record.get("event") == "erasure"]
-    assert event["subject_sha256"] == hashlib.sha256(b"alice").hexdigest() and event["texts_removed"] == 3
+    subject_key = SubjectKey(bytes.fromhex((trail.state / "audit-subject.key").read_text()))
+    assert event["subject"] == subject_key.pseudonym("alice") and event["texts_removed"] == 3
     assert "alice" not in json.dumps(event)
     assert f"audit record seq {event['seq']}" in result.stdout
     table = trail.audit("query", "--request-id", trail.ids["allowed"], dsn=copy_dsn).stdout
@@ -414,7 +422,8 @@ def test_erasure_removes_a_subjects_texts_and_is_itself_audited(trail, copy_dsn)
 
 
 def test_purge_and_checkpoint(trail, copy_dsn):
-    assert tamper(copy_dsn, "UPDATE audit_texts SET expires_at = 1 WHERE record_id = ?", (trail.ids["card"],)) == 2
+    [card] = trail.records("--request-id", trail.ids["card"], dsn=copy_dsn)
+    assert tamper(copy_dsn, "UPDATE audit_texts SET expires_at = 1 WHERE record_id = ?", (card["id"],)) == 2
     purged = trail.audit("purge", dsn=copy_dsn)
     assert (purged.returncode, purged.stdout) == (0, "purged 2 expired stored texts\n")
     assert trail.records("--request-id", trail.ids["card"], dsn=copy_dsn)[0]["stored_texts"] == {}
@@ -448,7 +457,7 @@ def test_tail_follows_new_records_until_interrupted(trail):
         response = chat(trail.gateway, ADMIN_KEY, "What colour is the sky on a clear day?")
         assert response.status_code == 200
         arrived = json.loads(lines.get(timeout=30))
-        assert arrived["id"] == response.headers["x-request-id"] and arrived["seq"] == first[-1] + 1
+        assert arrived["request_id"] == response.headers["x-request-id"] and arrived["seq"] == first[-1] + 1
     finally:
         follower.send_signal(signal.SIGINT)
         _, errors = follower.communicate(timeout=30)
@@ -466,15 +475,15 @@ def test_admin_audit_returns_records_to_admins_only(trail):
     response = admin_audit(trail, decision="block")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert [record["id"] for record in body["records"]] == [trail.ids["blocked"]]
+    assert [record["request_id"] for record in body["records"]] == [trail.ids["blocked"]]
     assert body["next_after_seq"] is None
     assert body["records"][0] == trail.records("--request-id", trail.ids["blocked"])[0]  # the CLI's json, exactly
     other = admin_audit(trail, tenant="t-other", since="1h", kind="request").json()["records"]
-    assert [record["id"] for record in other] == [trail.ids["card"], trail.ids["story"]]
+    assert [record["request_id"] for record in other] == [trail.ids["card"], trail.ids["story"]]
     at = other[0]["at"]
-    assert [record["id"] for record in admin_audit(trail, since=repr(at), until=repr(other[1]["at"]),
-                                                   kind="request").json()["records"]] == [trail.ids["card"]]
-    assert admin_audit(trail, text="lighthouse").json()["records"][0]["id"] == trail.ids["story"]
+    assert [record["request_id"] for record in admin_audit(trail, since=repr(at), until=repr(other[1]["at"]),
+                                                           kind="request").json()["records"]] == [trail.ids["card"]]
+    assert admin_audit(trail, text="lighthouse").json()["records"][0]["request_id"] == trail.ids["story"]
     # Paging.
     first = admin_audit(trail, limit="2").json()
     assert len(first["records"]) == 2 and first["next_after_seq"] == first["records"][-1]["seq"]

@@ -5,11 +5,18 @@ hashes: `hash = sha256(prev_hash || "\\n" || canonical)`. Prompt and completion 
 of the chained object: it carries `sha256(salt || text)` instead, and the text with its salt lives
 in a row of its own. Erasing a subject's text removes that row (salt included, so the digest no longer
 reveals anything), and the chain still verifies; a text that was edited no longer matches its digest.
+
+A record's `id` is the gateway's own, made for it: nothing a client sends can make two records share
+one. The client's request id is a field of the record (`request_id`), as many records may carry it.
+Personal data is not kept in the clear outside the texts' retention: the data subject (the OpenAI
+`user` field, often an e-mail address) is kept as its HMAC under a key of the gateway's, and a request
+id is masked like any free text.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import time
 import uuid
@@ -17,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+
+from filters.pii import redact_pii
 
 GENESIS_HASH = "0" * 64
 RecordKind = Literal["request", "event"]
@@ -80,6 +89,23 @@ class AuditRecord:
                    document["on_store_failure"])
 
 
+class SubjectKey:
+    """Turns a data subject into the pseudonym records keep: HMAC-SHA256 under the gateway's subject key.
+    Without the key the pseudonym cannot be tried against a list of e-mail addresses; with it, erasure
+    finds a subject's texts by computing the same pseudonym."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def pseudonym(self, subject: str) -> str:
+        return hmac.new(self.key, subject.encode(), hashlib.sha256).hexdigest()
+
+
+def stored_request_id(request_id: str) -> str:
+    """A client's request id as records keep it, and as a query for it is matched: personal data masked."""
+    return redact_pii(request_id)
+
+
 def new_record(kind: RecordKind, record_id: str | None = None, at: float | None = None, **fields: Any) -> AuditRecord:
     body = {"id": record_id or uuid.uuid4().hex, "kind": kind, "at": round(at if at is not None else time.time(), 6)}
     body.update({name: value for name, value in fields.items() if value is not None})
@@ -92,5 +118,18 @@ def retain_text(role: TextRole, original: str, kept: str | None, subject: str | 
     is stored, or the original when nothing is."""
     salt = os.urandom(16).hex()
     now = time.time() if now is None else now
+    if kept is not None:
+        # PostgreSQL text cannot hold NUL: kept as U+FFFD on either backend, so that one request's text
+        # can never be a record the store refuses (the digest covers the text as stored).
+        kept = kept.replace("\x00", "\ufffd")
     return RetainedText(role, kept, text_digest(salt, original if kept is None else kept), salt, subject,
                         None if retention_days is None else now + retention_days * 86400)
+
+
+def rejection_event(record: AuditRecord, error: str, kept_in: str, host: str) -> AuditRecord:
+    """The event chained in the place of a record the store refused: what it was, why, where it is kept.
+    Its id derives from the record's, so that a replay retried after a failure chains it once."""
+    return new_record("event", record_id=f"{record.id}.rejected", event="audit_record_rejected",
+                      request_id=record.body.get("request_id"),
+                      rejected={"id": record.id, "kind": record.kind, "at": record.body.get("at")},
+                      error=error, dead_letter=kept_in, host=host)

@@ -10,6 +10,7 @@ checkpoint after the edit, and deleting the newest records is caught by the last
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import os
@@ -19,6 +20,8 @@ from typing import Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from privacy.files import write_once
 
 
 class SigningError(Exception):
@@ -108,21 +111,20 @@ def generate_ed25519(private_path: Path) -> Path:
     return public_path
 
 
-def hmac_key_from_file(path: Path, create: bool) -> bytes:
+def hmac_key_from_file(path: Path, create: bool, what: str = "audit HMAC key") -> bytes:
     """The HMAC key kept in `path` (hex); with `create`, a new random one is written there first
-    if the file does not exist, so that a gateway with no key configured still signs checkpoints."""
+    if the file does not exist, so that a gateway with no key configured still signs checkpoints.
+    Two processes starting at once write one key between them: the second reads the first's."""
     if create and not path.exists():
-        _write_private(path, os.urandom(32).hex().encode() + b"\n")
+        write_once(path, os.urandom(32).hex().encode() + b"\n")
     try:
         return bytes.fromhex(path.read_text().strip())
     except OSError as exc:
-        raise SigningError(f"cannot read the audit HMAC key {path}: {exc.strerror or exc}") from None
+        raise SigningError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
     except ValueError:
-        raise SigningError(f"{path}: the audit HMAC key file must hold the key in hex") from None
+        raise SigningError(f"{path}: the {what} file must hold the key in hex") from None
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(data)
+    if not write_once(path, data):
+        raise FileExistsError(errno.EEXIST, "a key exists there already", str(path))

@@ -5,11 +5,14 @@ chain's lock (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped adviso
 any number of gateway processes append to one chain. Sequence numbers and hashes are assigned inside
 that locked transaction: chain order is commit order. Schema changes are numbered migrations,
 applied once, under the same lock.
+
+Two kinds of failure are told apart: the store failing (StoreError: unreachable, locked, out of space)
+and the store refusing what a record holds (RecordRejected: a constraint, a value it cannot keep). The
+writer retries the first later; the second would fail the same way again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sqlite3
 import time
@@ -21,11 +24,21 @@ from typing import Any
 
 import orjson
 
-from privacy.audit.record import GENESIS_HASH, AuditRecord, canonical, chain_hash, new_record
+from privacy.audit.record import (
+    GENESIS_HASH,
+    AuditRecord,
+    SubjectKey,
+    canonical,
+    chain_hash,
+    new_record,
+    stored_request_id,
+)
 from privacy.audit.signing import Signer, checkpoint_message
+from privacy.files import private_sqlite
 
 # Columns copied out of the chained body so that queries can use indexes; verify checks they agree.
-INDEXED_FIELDS = ("kind", "at", "tenant", "key_id", "route", "decision", "category", "rule_id", "error_code", "event")
+INDEXED_FIELDS = ("kind", "at", "tenant", "key_id", "route", "decision", "category", "rule_id", "error_code", "event",
+                  "request_id")
 
 # Statements name dialect-specific parts in braces (see AuditStore.dialect).
 MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -60,6 +73,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             key_id TEXT NOT NULL,
             signature TEXT NOT NULL)""",
     ]),
+    # Records are the gateway's own (`id`); the client's request id, which many records may carry, is a
+    # column of its own. Records written before keep it as their id and leave this column empty.
+    (2, [
+        "ALTER TABLE audit_records ADD COLUMN request_id TEXT",
+        "CREATE INDEX audit_records_request_id ON audit_records (request_id)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -69,6 +88,11 @@ _PG_LOCK_KEY = 0x5741524447415445
 
 class StoreError(Exception):
     """The store cannot be reached or used; worded for the operator."""
+
+
+class RecordRejected(StoreError):
+    """The store works, but refuses what these records hold (a constraint, a value it cannot keep):
+    trying again will not help."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +173,10 @@ class AuditStore:
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
         raise NotImplementedError
 
+    def _record_errors(self) -> tuple[type[BaseException], ...]:
+        """The driver's errors that mean "not this data" rather than "not now"."""
+        raise NotImplementedError
+
     # -- plumbing ------------------------------------------------------------------------------
     def _sql(self, statement: str) -> str:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
@@ -181,6 +209,10 @@ class AuditStore:
                 cursor.execute("BEGIN")
             yield cursor
             connection.commit()
+        except (*self._record_errors(), orjson.JSONEncodeError, UnicodeEncodeError) as exc:
+            self._abandon()
+            raise RecordRejected(f"the audit store {self.describe} refused the record: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         except self._connection_errors() as exc:
             self._abandon()
             raise StoreError(f"audit store {self.describe}: {exc}") from None
@@ -287,14 +319,17 @@ class AuditStore:
                                         "ORDER BY seq DESC LIMIT 1").fetchone()
         return Checkpoint(*row)
 
-    def erase_subject(self, subject: str, signer: Signer, checkpoints: CheckpointPolicy) -> tuple[int, int]:
+    def erase_subject(self, subject: str, subject_key: SubjectKey, signer: Signer,
+                      checkpoints: CheckpointPolicy) -> tuple[int, int]:
         """Remove the stored texts (and their salts) of one data subject and chain an `erasure` event
-        naming the subject by its SHA-256, in one transaction: no erasure goes unrecorded. Returns
-        (texts removed, the event's sequence number)."""
+        naming the subject by its pseudonym, in one transaction: no erasure goes unrecorded. Texts are
+        found by the pseudonym, and by the subject itself where records from before pseudonyms keep it.
+        Returns (texts removed, the event's sequence number)."""
+        pseudonym = subject_key.pseudonym(subject)
         with self._transaction(locked=True) as cursor:
-            removed = self._execute(cursor, "DELETE FROM audit_texts WHERE subject = ?", (subject,)).rowcount
-            event = new_record("event", event="erasure", subject_sha256=hashlib.sha256(subject.encode()).hexdigest(),
-                               texts_removed=removed)
+            removed = self._execute(cursor, "DELETE FROM audit_texts WHERE subject IN (?, ?)",
+                                    (pseudonym, subject)).rowcount
+            event = new_record("event", event="erasure", subject=pseudonym, texts_removed=removed)
             return removed, self._append_locked(cursor, [event], signer, checkpoints)
 
     def purge_expired(self, now: float | None = None) -> int:
@@ -380,12 +415,15 @@ def _conditions(where: AuditFilter) -> tuple[list[str], list[Any]]:
     for column, operator, value in (
         ("at", ">=", where.since), ("at", "<", where.until), ("tenant", "=", where.tenant),
         ("decision", "=", where.decision), ("category", "=", where.category), ("rule_id", "=", where.rule_id),
-        ("id", "=", where.request_id), ("kind", "=", where.kind), ("seq", ">", where.after_seq),
-        ("seq", "<", where.before_seq),
+        ("kind", "=", where.kind), ("seq", ">", where.after_seq), ("seq", "<", where.before_seq),
     ):
         if value is not None:
             conditions.append(f"r.{column} {operator} ?")
             parameters.append(value)
+    if where.request_id is not None:
+        # Records from before the column was added hold the client's request id as their own id.
+        conditions.append("(r.request_id = ? OR (r.request_id IS NULL AND r.id = ?))")
+        parameters += [stored_request_id(where.request_id), where.request_id]
     if where.text:
         escaped = where.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         conditions.append("EXISTS (SELECT 1 FROM audit_texts t WHERE t.record_id = r.id "
@@ -405,7 +443,7 @@ class SQLiteStore(AuditStore):
         self.describe = str(path)
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite(self.path)
         connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         # FULL: every commit is fsynced, WAL included. A record is acknowledged only once it is on disk.
@@ -422,6 +460,9 @@ class SQLiteStore(AuditStore):
 
     def _connection_errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error, OSError)
+
+    def _record_errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.IntegrityError, sqlite3.DataError)
 
 
 class PostgresStore(AuditStore):
@@ -449,6 +490,11 @@ class PostgresStore(AuditStore):
         import psycopg
 
         return (psycopg.Error, OSError)
+
+    def _record_errors(self) -> tuple[type[BaseException], ...]:
+        import psycopg
+
+        return (psycopg.IntegrityError, psycopg.DataError)
 
 
 def _without_password(dsn: str) -> str:

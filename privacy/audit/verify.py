@@ -11,6 +11,10 @@ What each check catches:
   noted, its hash still checked: give every key in use since the log began, old ones included);
 - the chain ends before the last checkpoint: its newest records were deleted.
 Erased or purged texts are not problems: the chain holds their digests, not the texts.
+
+An intact chain may still be incomplete: a record the store refused (a dead letter, see
+privacy/audit/writer.py) has an `audit_record_rejected` event in its place. Each is named, with where
+its record is kept; the chain is then reported intact but incomplete.
 """
 
 from __future__ import annotations
@@ -31,10 +35,15 @@ class VerifyReport:
     head_hash: str = GENESIS_HASH
     problem: str | None = None  # the first broken link, or None
     notes: list[str] = field(default_factory=list)  # facts worth knowing that are not breaks
+    unstored: list[str] = field(default_factory=list)  # records the store refused, each named
 
     @property
     def ok(self) -> bool:
         return self.problem is None
+
+    @property
+    def complete(self) -> bool:
+        return not self.unstored
 
 
 def verify(store: AuditStore, signers: Sequence[Signer]) -> VerifyReport:
@@ -84,6 +93,8 @@ def verify(store: AuditStore, signers: Sequence[Signer]) -> VerifyReport:
                                        "checkpoint was forged or edited")
             else:
                 report.checkpoints += 1
+        if record.body.get("event") == "audit_record_rejected":
+            report.unstored.append(_unstored(record.body))
         report.records += 1
         expected_seq, prev_hash = record.seq + 1, record.hash
     report.head_seq, report.head_hash = expected_seq - 1, prev_hash
@@ -107,6 +118,13 @@ def verify(store: AuditStore, signers: Sequence[Signer]) -> VerifyReport:
         # Their hashes were checked against the chain; their signatures need that key (an older one?).
         report.notes.append(f"{count} checkpoints are signed with {key}, a key not given: signatures not checked")
     return report
+
+
+def _unstored(event: dict) -> str:
+    rejected = event.get("rejected") or {}
+    request = f", request id {event['request_id']}" if event.get("request_id") else ""
+    return (f"record {rejected.get('id')} ({rejected.get('kind')}{request}) was refused by the store: "
+            f"{event.get('error')}; it is kept in {event.get('dead_letter')} on host {event.get('host')}")
 
 
 def _broken(report: VerifyReport, problem: str) -> VerifyReport:

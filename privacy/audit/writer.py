@@ -11,6 +11,14 @@ is down or cannot keep up, each record's policy decides:
 - `fail_closed`: the commit raises `AuditUnavailable`; the gateway answers 503 instead of a response
   it could not record.
 
+A record the store refuses for what it holds (RecordRejected: a constraint, a value it cannot keep)
+is not the store failing: it never costs the other records of its batch anything, nor counts against
+the breaker. The batch is appended again one record at a time, and a record refused on its own is a
+dead letter: kept whole in a file of its own beside the spill files (never replayed: it would be
+refused again), logged (`audit_record_dead_lettered`), counted, and an `audit_record_rejected` event
+naming it is chained in its place, which `wardgate audit verify` reports. Its request is answered as
+for a spill, or refused under `fail_closed`. No record is ever dropped without a trace.
+
 A commit that takes longer than `commit_timeout_s` (a lock held on the store, a stalled network)
 counts as the store failing, so that no request waits on the audit log without bound.
 
@@ -27,8 +35,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import os
 import queue
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -36,12 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+import orjson
 import pybreaker
 import structlog
 
-from privacy.audit.record import AuditRecord
+from filters.pii import redact_pii
+from privacy.audit.record import AuditRecord, SubjectKey, rejection_event
 from privacy.audit.signing import Signer
-from privacy.audit.store import AuditStore, CheckpointPolicy, StoreError
+from privacy.audit.store import AuditStore, CheckpointPolicy, RecordRejected, StoreError
+from privacy.files import fsync_directory, open_private, private_directory, write_once
 
 log = structlog.get_logger("wardgate.audit")
 
@@ -60,6 +74,9 @@ class AuditObserver(Protocol):
     def spilled(self, records: int) -> None: ...
 
     def failed(self, records: int) -> None: ...
+
+    def dead_lettered(self, records: int) -> None:
+        """Records the store refused on their own, kept in dead-letter files."""
 
     def breaker_changed(self, state: str) -> None:
         """The store's circuit breaker went to `state`: closed, open or half-open."""
@@ -131,12 +148,13 @@ class SpillFile:
     def _new_segment(self) -> tuple[Path, IO[bytes]]:
         # Created under a name the leftover scan ignores, locked, then renamed: another process never
         # sees it unlocked.
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_directory(self.directory)
         name = f"spill-{os.getpid()}-{time.time_ns()}.jsonl"
         temporary = self.directory / f".{name}.new"
-        file = temporary.open("ab")
+        file = os.fdopen(open_private(temporary, os.O_WRONLY | os.O_APPEND | os.O_EXCL), "ab")
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         temporary.rename(self.directory / name)
+        fsync_directory(self.directory)  # the segment's name survives a power cut, as its fsynced lines do
         return self.directory / name, file
 
     def take(self) -> tuple[list[AuditRecord], Callable[[], None]]:
@@ -205,14 +223,39 @@ def replay_leftovers(directory: Path, replay: Callable[[list[AuditRecord]], None
     return replayed
 
 
+# Ids the gateway makes are hex; an older record's id came from the client and names no file as it is.
+_FILE_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+class DeadLetters:
+    """Records the store refused on their own: each kept whole, with why, in `dead-letter-<id>.json`
+    beside the spill files. Never replayed; an operator reads them (`wardgate audit verify` names them)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, record: AuditRecord) -> Path:
+        name = record.id if _FILE_SAFE_ID.fullmatch(record.id) else hashlib.sha256(record.id.encode()).hexdigest()
+        return self.directory / f"dead-letter-{name}.json"
+
+    def keep(self, record: AuditRecord, error: str) -> bool:
+        """Write the record's file (fsynced); False if an earlier try of the same replay wrote it already."""
+        private_directory(self.directory)
+        return write_once(self.path(record),
+                          orjson.dumps({"error": error, "record": orjson.Fragment(record.to_json())}) + b"\n")
+
+
 class AuditWriter:
     def __init__(self, store: AuditStore, signer: Signer, spill_dir: Path, settings: WriterSettings,
-                 observer: AuditObserver | None = None) -> None:
+                 observer: AuditObserver | None = None, subject_key: SubjectKey | None = None) -> None:
         self.store = store
         self.signer = signer
         self.settings = settings
         self.observer = observer
+        # What records name their data subject by (see privacy/audit/record.py); None where nobody sets one.
+        self.subject_key = subject_key
         self.spill = SpillFile(spill_dir)
+        self.dead_letters = DeadLetters(spill_dir)
         self.spill_dir = spill_dir
         self._queue: queue.Queue = queue.Queue(settings.queue_size)
         self._thread: threading.Thread | None = None
@@ -345,12 +388,21 @@ class AuditWriter:
             return
         records = [record for record, _ in batch]
         started = time.perf_counter()
-        error = self._attempt(lambda: self._append(records))
+        refused: list[AuditRecord] = []  # filled by _append: the records the store refused on their own
+        error = self._attempt(lambda: self._append(records, refused))
         if error is not None:
             self._spill_or_refuse(batch, error)
             return
-        self._count("committed", len(records), time.perf_counter() - started)
-        _resolve([future for _, future in batch], None)
+        dead = {id(record) for record in refused}
+        self._count("committed", len(records) - len(dead), time.perf_counter() - started)
+        _resolve([future for record, future in batch if id(record) not in dead], None)
+        if dead:
+            # Kept in their dead-letter files and reported: answered as a spilled record is, or refused.
+            _resolve([future for record, future in batch if id(record) in dead and record.on_store_failure == "spill"],
+                     None)
+            closed = [future for record, future in batch if id(record) in dead and record.on_store_failure != "spill"]
+            self._count("failed", len(closed))
+            _resolve(closed, AuditUnavailable("the audit store refused the record; it is kept in a dead-letter file"))
 
     def _attempt(self, store_work: Callable[[], None]) -> str | None:
         """Run `store_work` through the breaker. None when its work is done (if late, the breaker
@@ -373,11 +425,13 @@ class AuditWriter:
             self._attempt_succeeded()
         return None
 
-    def _append(self, records: list[AuditRecord]) -> None:
+    def _append(self, records: list[AuditRecord], refused: list[AuditRecord]) -> None:
+        """Append `records` after the spill; those the store refuses on their own are added to `refused`
+        (an out-parameter: a late commit raises _CommitStalled, and they must be known all the same)."""
         # Spilled records are older than these: they go first, so that chain order stays time order.
         self._replay_spill()
         started = time.monotonic()
-        self.store.append(records, self.signer, self.settings.checkpoints)
+        refused += self._append_isolating(records, replay=False)
         took = time.monotonic() - started
         if took > self.settings.commit_timeout_s:
             raise _CommitStalled(f"a commit took {took:.3f} s, over commit_timeout_s {self.settings.commit_timeout_s}")
@@ -421,8 +475,31 @@ class AuditWriter:
 
     def _append_replayed(self, records: list[AuditRecord]) -> None:
         for start in range(0, len(records), self.settings.batch_max):
-            self.store.append(records[start:start + self.settings.batch_max], self.signer, self.settings.checkpoints,
-                              replay=True)
+            self._append_isolating(records[start:start + self.settings.batch_max], replay=True)
+
+    def _append_isolating(self, records: list[AuditRecord], replay: bool) -> list[AuditRecord]:
+        """Append `records` in one transaction. If the store refuses what one of them holds, they are
+        appended one at a time, and each refused on its own is dead-lettered; returns those. Raises
+        StoreError when the store fails (then nothing of this call is lost: it is all tried again)."""
+        try:
+            self.store.append(records, self.signer, self.settings.checkpoints, replay=replay)
+        except RecordRejected as exc:
+            if len(records) > 1:
+                return [refused for record in records for refused in self._append_isolating([record], replay)]
+            self._dead_letter(records[0], str(exc))
+            return records
+        return []
+
+    def _dead_letter(self, record: AuditRecord, error: str) -> None:
+        error = redact_pii(error)  # a driver's message may quote the value it refused
+        path = self.dead_letters.path(record)
+        if self.dead_letters.keep(record, error):
+            log.error("audit_record_dead_lettered", record_id=record.id, request_id=record.body.get("request_id"),
+                      error=error, file=str(path))
+            self._count("dead_lettered", 1)
+        # Replay's check for stored ids makes this idempotent: a retry after a failure chains it once.
+        self.store.append([rejection_event(record, error, str(path), socket.gethostname())], self.signer,
+                          self.settings.checkpoints, replay=True)
 
     def _spill_or_refuse(self, batch: list[tuple[AuditRecord, asyncio.Future]], error: str) -> None:
         spillable = [(record, future) for record, future in batch if record.on_store_failure == "spill"]
