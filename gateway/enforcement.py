@@ -5,13 +5,14 @@ stages before anything is forwarded, each alone and, joined, those the model rea
 WG1001 (or, with `on_block: refusal`, a normal completion carrying the refusal message); redact →
 the request is forwarded with the matched spans masked; flag → it passes and the verdict is logged.
 Output: the same for the completion's texts, WG1002 on a block.
-Streams are checked as they arrive and the most recent text is held back until it has been checked
-with what follows (see `StreamChecker`).
+A completion is judged in the same pieces whether it is streamed or not (`CompletionJudge`), so that
+both get the same verdict; a stream's text is held back until every stage has judged it (`StreamChecker`).
 """
 
 from __future__ import annotations
 
 import os
+import re._parser as sre_parser
 import time
 from collections import deque
 from dataclasses import replace
@@ -21,6 +22,7 @@ import orjson
 from pydantic import BaseModel
 from starlette.types import Scope
 
+from filters.blacklist import match_reach
 from gateway.audit_trail import note_stream
 from gateway.errors import (
     NON_TEXT_CONTENT,
@@ -29,18 +31,17 @@ from gateway.errors import (
     UNKNOWN_CONTENT,
     GatewayError,
 )
+from gateway.holdback import HoldBack, Scan, Window
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, completion_texts, stream_event_text
 from gateway.pipeline import Context, Pipeline
 from gateway.request_texts import InspectionBudget, Location, RequestTexts, format_location
 from gateway.streaming import RawResponse
 from gateway.verdict import ALLOW, Verdict, stronger, strongest
-from policies.schema import Direction, policy_digest
+from policies.schema import BlacklistStage, Direction, Stage, policy_digest
 
-# A streamed completion is re-checked on its last characters only: enough for any term split
-# across events, without rescanning the whole answer at every event.
-STREAM_CHECK_TAIL_CHARS = 2048
-# Expensive stages read the new text with this much before it: context, without re-reading the answer.
-STREAM_EXPENSIVE_CONTEXT_CHARS = 512
+# A stream's blacklist scan re-reads this much of the text before the new text (or twice the hold-back,
+# if more): a match up to this long is found streamed as it is whole.
+STREAM_SCAN_CONTEXT_CHARS = 2048
 # An audit record names this many of a request's uninspected parts (and counts them all).
 MAX_AUDITED_PATHS = 16
 
@@ -54,6 +55,7 @@ class Enforcer:
         self.classifier_digest = deployed.digest if deployed is not None else None
         # What a rollout tells apart: the policy's bytes and the activated classifier it uses.
         self.version_key = self.digest if deployed is None else f"{self.digest}+{deployed.digest[:16]}"
+        self._scan_reach: dict[int, int | None] = {}  # per output stage list
 
     async def verdicts(self, texts: list[str], scope: Scope, direction: Direction) -> list[Verdict]:
         state = scope["state"]
@@ -119,20 +121,30 @@ class Enforcer:
 
     async def check_completion(self, document: dict, payload: bytes, scope: Scope) -> tuple[Verdict, bytes]:
         """The strongest output verdict over a non-streamed completion (`payload`, parsed as
-        `document`), and the payload to return."""
+        `document`), and the payload to return. Each text is judged as it would be streamed."""
         texts = [text for text in completion_texts(document) if text]
         if not texts:
             return ALLOW, payload
-        return await self._check(texts, payload, document, scope, "output")
+        verdicts = []
+        for text in texts:  # in turn: the audit keeps the verdicts in the order a client reads them
+            judge = CompletionJudge(self, scope)
+            judge.add(text)
+            await judge.check(finished=True)
+            verdicts.append(judge.verdict)
+        return self._enforce(texts, verdicts, payload, document, "output")
 
     async def _check(
         self, texts: list[str], raw: bytes, document: object | None, scope: Scope, direction: Direction
     ) -> tuple[Verdict, bytes]:
-        """Inspect `texts`; raise the coded error on a block (error mode), or return the verdict and
-        `raw` — re-serialised with the matched spans masked when the verdict is redact."""
         verdicts = await self.verdicts(texts, scope, direction)
+        self.record(scope, direction, strongest(verdicts))
+        return self._enforce(texts, verdicts, raw, document, direction)
+
+    def _enforce(self, texts: list[str], verdicts: list[Verdict], raw: bytes, document: object | None,
+                 direction: Direction) -> tuple[Verdict, bytes]:
+        """The verdict over `texts` (one each in `verdicts`): raise the coded error on a block (error
+        mode), or return it and `raw` — re-serialised with the matched spans masked when it is redact."""
         verdict = strongest(verdicts)
-        self.record(scope, direction, verdict)
         if verdict.action == "block" and self.policy.on_block.mode == "error":
             kind = POLICY_BLOCKED_INPUT if direction == "input" else POLICY_BLOCKED_OUTPUT
             raise GatewayError(kind, rule_id=verdict.rule_id)
@@ -146,33 +158,132 @@ class Enforcer:
     def stream_checker(self, scope: Scope) -> StreamChecker:
         return StreamChecker(self, scope)
 
+    def holdback(self, ctx: Context) -> HoldBack:
+        """The hold-back for a completion under the output stages that apply to `ctx`."""
+        stages = self.policy.stages_for("output", ctx.tenant, ctx.route)
+        if id(stages) not in self._scan_reach:
+            self._scan_reach[id(stages)] = _scan_reach(stages, self.policy.streaming.holdback_chars)
+        streaming = self.policy.streaming
+        window = streaming.window_chars if self.pipeline.has_expensive(ctx) else None
+        return HoldBack(self._scan_reach[id(stages)], window, streaming.window_overlap_chars,
+                        scan_context=STREAM_SCAN_CONTEXT_CHARS)
 
-class StreamChecker:
-    """Checks a streamed completion as it grows and holds back its most recent text.
 
-    The text the checker sees is kept apart from the events the client receives (as in NeMo
-    Guardrails' streaming buffer): every batch of events is inspected together with the text before
-    it, and events are released only once at least `streaming.holdback_chars` characters of text
-    follow them. A term split across events is therefore caught before any part of it is sent. A
-    block ends the stream (WG1002 event, then [DONE]) and the held events are dropped; redact and
-    flag are recorded (text already released cannot be masked).
+class CompletionJudge:
+    """Judges one completion text in the pieces its hold-back gives, arriving whole or in events.
 
-    Expensive stages (the classifier) do not run at every event: they run each time
-    `holdback_chars` of new text has gathered, and at the end, on that text with some context
-    before it, and an event is released only once they have covered it too. The delay a stream sees
-    is then at most about twice the window."""
+    The blacklist judges each match once, when the text after it is known; the classifier and the
+    moderation hook each window once, when it is complete. What they find is settled in the order of
+    the text (where a match or window ends; the blacklist first at the same place), once everything
+    that ends before it has been judged too. That order does not depend on how the text was cut into
+    events, so a streamed answer and the same answer whole get the same verdict: the first block, or
+    else the strongest finding. Each settled finding is recorded for the audit as it settles."""
 
     def __init__(self, enforcer: Enforcer, scope: Scope) -> None:
         self.enforcer = enforcer
         self.scope = scope
-        self.holdback_chars = enforcer.policy.streaming.holdback_chars
         state = scope["state"]
         self.ctx = Context("output", state.get("tenant"), scope["path"], state.get("request_id", ""))
-        self.has_expensive = enforcer.pipeline.has_expensive(self.ctx)
-        self.tail = ""  # the last STREAM_CHECK_TAIL_CHARS characters of text already checked
-        self.total_chars = 0
-        self.expensive_checked_chars = 0  # how far the expensive stages have read
-        self.held: deque[tuple[bytes, int]] = deque()  # events not yet released, with their text's end offset
+        self.holdback = enforcer.holdback(self.ctx)
+        self.verdict = ALLOW  # of what has settled
+        self.blocked: Verdict | None = None  # the block that settled: the completion is refused
+        self._text = ""  # the completion from offset self._text_start on: what checks still read
+        self._text_start = 0
+        self._found: list[tuple[int, int, Verdict]] = []  # (where it ends, 0 blacklist / 1 window, verdict)
+        self._first_block_end: int | None = None  # of the blocks found, not settled yet
+
+    def add(self, text: str) -> None:
+        """One event's text (one piece for a whole answer)."""
+        self.holdback.add(len(text))
+        self._text += text
+
+    async def check(self, finished: bool = False) -> None:
+        """Run the checks that are due and settle what they found."""
+        if finished:
+            self.holdback.finish()
+        due = self.holdback.due()
+        if due.scan is not None:
+            await self._scan(due.scan)
+        # A window that ends after a block already found cannot change the outcome.
+        windows = [window for window in due.windows
+                   if self._first_block_end is None or window.end <= self._first_block_end]
+        if windows:
+            await self._score(windows)
+        self._settle()
+        self._forget_judged_text()
+
+    def releasable_events(self) -> int:
+        """How many held events may go out now: none while a block found is waiting to settle."""
+        return 0 if self._first_block_end is not None or self.blocked else self.holdback.release()
+
+    async def _scan(self, scan: Scan) -> None:
+        text = self._slice(scan.start, scan.end)
+        ctx = replace(self.ctx, ends_in=(scan.after - scan.start, scan.upto - scan.start))
+        [verdict] = await self._inspect([text], ctx, "cheap")
+        self.holdback.checked(scan)
+        if verdict != ALLOW:
+            self._note(scan.start + verdict.span[1] if verdict.span is not None else scan.upto, 0, verdict)
+
+    async def _score(self, windows: list[Window]) -> None:
+        verdicts = await self._inspect([self._slice(window.start, window.end) for window in windows], self.ctx,
+                                       "expensive")
+        for window, verdict in zip(windows, verdicts, strict=True):
+            self.holdback.checked(window)
+            if verdict != ALLOW:
+                self._note(window.end, 1, verdict)
+
+    async def _inspect(self, texts: list[str], ctx: Context, stages: str) -> list[Verdict]:
+        timings = _stage_timings(self.scope["state"], "output")
+        return await self.enforcer.pipeline.inspect_each(texts, ctx, stages, timings=timings)
+
+    def _note(self, end: int, order: int, verdict: Verdict) -> None:
+        self._found.append((end, order, verdict))
+        if verdict.action == "block" and (self._first_block_end is None or end < self._first_block_end):
+            self._first_block_end = end
+
+    def _settle(self) -> None:
+        judged = self.holdback.judged()
+        ready = sorted((found for found in self._found if found[0] <= judged), key=lambda found: found[:2])
+        self._found = [found for found in self._found if found[0] > judged]
+        for _, _, verdict in ready:
+            self.enforcer.record(self.scope, "output", verdict)
+            self.verdict = stronger(self.verdict, verdict)
+            if verdict.action == "block":
+                self.blocked = verdict
+                self._found = []
+                return
+
+    def _slice(self, start: int, end: int) -> str:
+        return self._text[start - self._text_start:end - self._text_start]
+
+    def _forget_judged_text(self) -> None:
+        """Drop text no check will read again (in large steps, so that a long answer is not copied per event)."""
+        holdback = self.holdback
+        keep_from = holdback.length
+        if holdback.reach is not None:
+            keep_from = min(keep_from, max(0, holdback.scanned - holdback.scan_context))
+        if holdback.window is not None:
+            keep_from = min(keep_from, holdback.windows_done * holdback.step)
+        if keep_from - self._text_start > STREAM_SCAN_CONTEXT_CHARS:
+            self._text = self._text[keep_from - self._text_start:]
+            self._text_start = keep_from
+
+
+class StreamChecker:
+    """Checks a streamed completion as it grows and holds back the events no stage has cleared yet.
+
+    The text the checker sees is kept apart from the events the client receives (as in NeMo
+    Guardrails' streaming buffer). An event is released only once every stage has judged all of its
+    text and nothing judged later can block any of it (see gateway/holdback.py): at least
+    `streaming.holdback_chars` (or the blacklist's longest match) of judged text follow it, and the
+    classifier's and hook's windows that hold it have been scored. A block ends the stream (WG1002
+    event, then [DONE]) and the held events are dropped; redact and flag are recorded (the streamed
+    text is not masked). The delay a stream sees is about the longer of the hold-back and one window."""
+
+    def __init__(self, enforcer: Enforcer, scope: Scope) -> None:
+        self.scope = scope
+        self.judge = CompletionJudge(enforcer, scope)
+        self.held: deque[bytes] = deque()
 
     async def admit(self, events: list[bytes]) -> list[bytes]:
         """Inspect the text `events` add (raises GatewayError on a block); the events to send now."""
@@ -182,43 +293,50 @@ class StreamChecker:
             text, is_done = stream_event_text(event)
             finished = finished or is_done
             added.append(text)
-            self.total_chars += len(text)
-            self.held.append((event, self.total_chars))
-        new_text = "".join(added)
-        note_stream(self.scope["state"], new_text, events)
-        if new_text:
-            window = self.tail + new_text
-            await self._check(window, "cheap")
-            self.tail = window[-STREAM_CHECK_TAIL_CHARS:]
+            self.judge.add(text)
+            self.held.append(event)
+        note_stream(self.scope["state"], "".join(added), events)
         if finished:
             return await self.release_all()
-        if self.has_expensive and self.total_chars - self.expensive_checked_chars >= max(1, self.holdback_chars):
-            await self._check_expensive()
-        covered = self.expensive_checked_chars if self.has_expensive else self.total_chars
-        released = []
-        while self.held and self.held[0][1] <= covered and self.total_chars - self.held[0][1] >= self.holdback_chars:
-            released.append(self.held.popleft()[0])
-        return released
+        await self._check(finished=False)
+        return [self.held.popleft() for _ in range(self.judge.releasable_events())]
 
     async def release_all(self) -> list[bytes]:
-        """Every held event, once all stages have read them: the stream is over."""
-        if self.has_expensive and self.expensive_checked_chars < self.total_chars:
-            await self._check_expensive()
-        released = [event for event, _ in self.held]
+        """Every held event, once all stages have judged them: the stream is over."""
+        await self._check(finished=True)
+        released = list(self.held)
         self.held.clear()
         return released
 
-    async def _check_expensive(self) -> None:
-        unread = self.total_chars - self.expensive_checked_chars
-        await self._check(self.tail[-(unread + STREAM_EXPENSIVE_CONTEXT_CHARS):], "expensive")
-        self.expensive_checked_chars = self.total_chars
+    async def _check(self, finished: bool) -> None:
+        await self.judge.check(finished)
+        if self.judge.blocked is not None:
+            raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=self.judge.blocked.rule_id)
 
-    async def _check(self, text: str, stages: str) -> None:
-        [verdict] = await self.enforcer.pipeline.inspect_each(
-            [text], self.ctx, stages, timings=_stage_timings(self.scope["state"], "output"))
-        self.enforcer.record(self.scope, "output", verdict)
-        if verdict.action == "block":
-            raise GatewayError(POLICY_BLOCKED_OUTPUT, rule_id=verdict.rule_id)
+
+def _scan_reach(stages: list[Stage], holdback_chars: int) -> int | None:
+    """How long a blacklist match the hold-back keeps from the client until it is judged:
+    `holdback_chars`, or the longest literal or bounded regex reach of a blocking rule if longer (a
+    flag lets the text through anyway, and streamed text is not masked); None when no blacklist runs."""
+    blacklists = [stage for stage in stages if isinstance(stage, BlacklistStage)]
+    if not blacklists:
+        return None
+    reaches = [holdback_chars]
+    for rule in (rule for stage in blacklists for rule in stage.rules if rule.action == "block"):
+        reaches += map(len, rule.literals)
+        reaches += [reach for reach in map(_match_length, rule.regexes) if reach is not None]
+    return max(reaches)
+
+
+def _match_length(pattern: str) -> int | None:
+    """The most characters of (normalised) text a match of `pattern` covers, plus the one after it that
+    a word boundary reads; None where the blacklist finds it unbounded or seeing past its match. The
+    blacklist's reach allows three text characters per pattern character (full case folding: "ß"
+    matches "ss"); a pattern whose characters each fold to one character matches at most one for each."""
+    reach = match_reach(pattern)
+    if reach is None or any(len(char.casefold()) > 1 for char in pattern):
+        return reach
+    return sre_parser.parse(pattern).getwidth()[1] + 1
 
 
 def _stage_timings(state: dict, direction: Direction) -> dict[str, float]:

@@ -41,6 +41,9 @@ class Context:
     tenant: str | None = None
     route: str | None = None
     request_id: str = ""
+    # Only findings that end in (start, end] of the text count (a stream's check: what ends earlier was
+    # judged by an earlier check, what ends later waits for the text that follows it). None: all.
+    ends_in: tuple[int, int] | None = None
 
 
 def _thresholded(scores: dict[str, float], block: dict[str, float], flag: dict[str, float], stage: str) -> Verdict:
@@ -144,14 +147,19 @@ class BlacklistInspector:
             matches = await asyncio.get_running_loop().run_in_executor(self._scans, self.blacklist.scan, text)
         else:
             matches = self.blacklist.scan(text)
+        if ctx.ends_in is not None:
+            after, upto = ctx.ends_in
+            matches = [match for match in matches if after < match.original_end <= upto]
         if not matches:
             return ALLOW
-        strongest = max(matches, key=lambda match: SEVERITY[match.action])
+        # The most severe, and of those the one that ends first: where a stream can first decide.
+        deciding = min(matches, key=lambda match: (-SEVERITY[match.action], match.original_end))
         replacement = None
-        if strongest.action == "redact":
+        if deciding.action == "redact":
             replacement = _redacted(text, [(m.original_start, m.original_end) for m in matches
                                            if m.action == "redact"], self.mask)
-        return Verdict(strongest.action, strongest.category, 1.0, strongest.rule_id, self.name, replacement)
+        return Verdict(deciding.action, deciding.category, 1.0, deciding.rule_id, self.name, replacement,
+                       span=(deciding.original_start, deciding.original_end))
 
 
 def _redacted(text: str, spans: list[tuple[int, int]], mask: str) -> str:

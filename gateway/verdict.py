@@ -38,6 +38,9 @@ class Verdict:
     replacement: str | None = None  # the redacted text, for `redact`
     scores: dict[str, float] | None = None  # every label's score, from a scoring stage
     bypass: Bypass | None = None  # a stage was passed over; kept whichever verdict wins, for audit and metrics
+    # Where in the inspected text the deciding match lies, [start, end) in characters of the text as
+    # given (a blacklist match); None for a verdict on the text as a whole.
+    span: tuple[int, int] | None = None
 
 
 ALLOW = Verdict()

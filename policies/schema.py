@@ -217,11 +217,31 @@ class GoldenTest(BaseModel):
 
 
 class Streaming(BaseModel):
+    """How output is judged in pieces. A stream releases text only once every stage has judged it:
+    no character of a span a stage blocks reaches the client, and a streamed answer gets the verdict
+    the same answer gets whole."""
+
     model_config = _STRICT
-    # Streamed output is released only once this much text follows it, so that a term split across
-    # events is caught before any part of it reaches the client. It is also the delay added to a
-    # stream (~16 tokens by default).
+    # The blacklist: streamed text is released only once this much judged text follows it, or more
+    # where a blocking rule can match a longer span (its longest literal, its widest bounded regex), so
+    # that a term split across events is caught before any part of it is sent. A match longer than that
+    # (words joined by long runs of separators, or padded with invisible characters) can straddle text
+    # already sent.
     holdback_chars: Annotated[int, Field(ge=0, le=65536)] = 64
+    # The classifier and the moderation hook judge a completion in windows of this many characters,
+    # streamed or not (~30 English tokens; 128 Chinese characters are about one 126-token classifier
+    # window). A stream's first text waits for its first window: this is the delay they add to a stream.
+    window_chars: Annotated[int, Field(ge=16, le=65536)] = 128
+    # Consecutive windows share this many characters: a phrase up to this long is always judged whole.
+    # More overlap, more windows per answer (a 300-character answer: 4 windows at 128/64, 1 when
+    # not windowed).
+    window_overlap_chars: Annotated[int, Field(ge=0, le=65535)] = 64
+
+    @model_validator(mode="after")
+    def _windows_advance(self) -> Streaming:
+        if self.window_overlap_chars >= self.window_chars:
+            raise ValueError("window_overlap_chars must be smaller than window_chars")
+        return self
 
 
 class AuditSettings(BaseModel):
