@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -284,3 +285,43 @@ def test_a_store_from_before_request_id_fields_is_migrated_and_still_found_by_it
     assert verify(store, [SIGNER]).ok
     store.close()
 
+
+
+def test_records_spilled_before_ids_were_the_gateways_are_all_kept_once(dsn):
+    """An older wardgate spilled records under the client's request id as their id. Replayed now, each
+    one is stored (another record holding that id, it takes an id derived from its content) and found
+    by the request id, once however often the replay is tried; a record already stored is skipped."""
+    store = open_store(dsn)
+    store.migrate()
+    first, *later = [new_record("request", record_id="reused-by-client", at=float(at), decision=decision)
+                     for at, decision in ((1, "allow"), (2, "block"), (3, "block"))]
+    store.append([first], SIGNER, CheckpointPolicy())  # committed late: its request had spilled it as well
+    for _ in range(2):  # a replay cut short by a crash, tried again
+        spilled = [AuditRecord.from_json(record.to_json()) for record in (first, *later)]
+        store.append(spilled, SIGNER, CheckpointPolicy(), replay=True)
+    found = store.query(AuditFilter(request_id="reused-by-client"), limit=10)
+    assert [(row.body["at"], row.body["decision"]) for row in found] == [(1.0, "allow"), (2.0, "block"),
+                                                                          (3.0, "block")]
+    assert [row.body.get("request_id") for row in found] == [None, "reused-by-client", "reused-by-client"]
+    assert verify(store, [SIGNER]).ok
+    store.close()
+
+
+def test_a_record_that_can_be_neither_committed_nor_spilled_is_refused(tmp_path):
+    """The store hangs and the spill cannot be written (here its directory is a file): the request is
+    refused (WG5002 in the gateway), not answered as if its record were kept."""
+    database, spill_dir = tmp_path / "audit.sqlite3", tmp_path / "spill"
+    spill_dir.write_text("")
+    counts = Counts()
+    writer = writer_for(str(database), tmp_path, counts, commit_timeout_s=0.3)
+    writer.open()
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(AuditUnavailable, match="the spill file cannot be written"):
+            asyncio.run(writer.commit(records(1)[0]))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    writer.close()
+    assert counts.records["failed"] == 1 and counts.records["spilled"] == 0

@@ -77,6 +77,17 @@ class AuditRecord:
         """The body with the digests of its texts: what the chain covers."""
         return {**self.body, "texts": {text.role: text.digest for text in self.texts}}
 
+    def content_id(self) -> str:
+        """An id derived from what the record holds (its text salts make it unique to it)."""
+        return hashlib.sha256(canonical(self.chained_body()).encode()).hexdigest()[:32]
+
+    def take_content_id(self) -> None:
+        """For a record spilled before records had ids of their own, whose id (the client's request id)
+        another record holds: it becomes its content id, the old one its request id. Derived, not drawn,
+        so that a replay tried again gives it the same id and finds it stored."""
+        request_id = self.body.get("request_id", stored_request_id(self.id))
+        self.body = {**self.body, "id": self.content_id(), "request_id": request_id}
+
     def to_json(self) -> bytes:
         """For the spill file: everything needed to commit the record later, exactly as it is."""
         return orjson.dumps({"kind": self.kind, "body": self.body, "on_store_failure": self.on_store_failure,

@@ -254,7 +254,7 @@ class AuditStore:
     def append(self, records: list[AuditRecord], signer: Signer, checkpoints: CheckpointPolicy,
                replay: bool = False) -> int:
         """Chain and commit `records` in one transaction. With `replay` (a spill file that may have
-        been replayed in part before a crash), records whose id is already stored are skipped.
+        been replayed in part before a crash), records already stored as they are are skipped.
         Returns the chain's new head sequence number."""
         with self._transaction(locked=True) as cursor:
             return self._append_locked(cursor, records, signer, checkpoints, replay)
@@ -264,17 +264,21 @@ class AuditStore:
         now = time.time()
         head = self._execute(cursor, "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1").fetchone()
         seq, head_hash = head if head is not None else (0, GENESIS_HASH)
-        stored = set()
-        if replay:
-            ids = [record.id for record in records]
-            stored = {row[0] for row in self._execute(
-                cursor, f"SELECT id FROM audit_records WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall()}
+        # Replay: the records already stored, by id, with their bodies.
+        stored = self._stored_bodies(cursor, [*(r.id for r in records), *(r.content_id() for r in records)]) \
+            if replay else {}
         record_rows, text_rows = [], []
         for record in records:
-            if record.id in stored:
-                continue
-            stored.add(record.id)
             body = canonical(record.chained_body())
+            if "request_id" not in record.body and stored.get(record.id, body) != body:
+                # Spilled before records had ids of their own: its id is a client's, and another record has it.
+                record.take_content_id()
+                body = canonical(record.chained_body())
+            if stored.get(record.id) == body:
+                continue  # stored by a replay cut short, or by a commit that landed after its request gave up
+            if replay:
+                # Anything else under a stored id is left to the unique key: refused, never skipped unseen.
+                stored[record.id] = body
             seq, prev_hash = seq + 1, head_hash
             head_hash = chain_hash(prev_hash, body)
             record_rows.append((seq, record.id, *(record.body.get(name) for name in INDEXED_FIELDS),
@@ -292,6 +296,16 @@ class AuditStore:
         if record_rows and self._checkpoint_due(cursor, seq, now, checkpoints):
             self._insert_checkpoint(cursor, seq, head_hash, now, signer)
         return seq
+
+    def holds(self, record_id: str) -> bool:
+        with self._transaction() as cursor:
+            return self._execute(cursor, "SELECT 1 FROM audit_records WHERE id = ?", (record_id,)).fetchone() \
+                is not None
+
+    def _stored_bodies(self, cursor: Any, ids: list[str]) -> dict[str, str]:
+        rows = self._execute(cursor, f"SELECT id, body FROM audit_records WHERE id IN ({','.join('?' * len(ids))})",
+                             ids).fetchall()
+        return {row[0]: row[1] for row in rows}
 
     def _checkpoint_due(self, cursor: Any, seq: int, now: float, policy: CheckpointPolicy) -> bool:
         last = self._execute(cursor, "SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1").fetchone()

@@ -348,7 +348,12 @@ class AuditWriter:
         if record.on_store_failure == "fail_closed":
             self._count("failed", 1)
             raise AuditUnavailable(reason)
-        await asyncio.to_thread(self.spill.append, [record])
+        try:
+            await asyncio.to_thread(self.spill.append, [record])
+        except OSError as exc:  # kept nowhere: the client must hear of it
+            log.error("audit_spill_failed", error=str(exc), file=str(self.spill.path or self.spill_dir))
+            self._count("failed", 1)
+            raise AuditUnavailable(f"{reason}, and the spill file cannot be written") from None
         self._count("spilled", 1)
 
     # -- the writer thread ---------------------------------------------------------------------
@@ -497,9 +502,10 @@ class AuditWriter:
             log.error("audit_record_dead_lettered", record_id=record.id, request_id=record.body.get("request_id"),
                       error=error, file=str(path))
             self._count("dead_lettered", 1)
-        # Replay's check for stored ids makes this idempotent: a retry after a failure chains it once.
-        self.store.append([rejection_event(record, error, str(path), socket.gethostname())], self.signer,
-                          self.settings.checkpoints, replay=True)
+        # A replay tried again after a failure finds the event chained already (its id derives from the record's).
+        event = rejection_event(record, error, str(path), socket.gethostname())
+        if not self.store.holds(event.id):
+            self.store.append([event], self.signer, self.settings.checkpoints)
 
     def _spill_or_refuse(self, batch: list[tuple[AuditRecord, asyncio.Future]], error: str) -> None:
         spillable = [(record, future) for record, future in batch if record.on_store_failure == "spill"]
