@@ -325,3 +325,23 @@ def test_a_record_that_can_be_neither_committed_nor_spilled_is_refused(tmp_path)
         holder.close()
     writer.close()
     assert counts.records["failed"] == 1 and counts.records["spilled"] == 0
+
+
+def test_a_spilled_record_whose_id_is_stored_with_other_content_is_refused_not_skipped(dsn, tmp_path):
+    stored, clash = records(2)
+    # The same id, other content, and a request_id as every record of this version: no replay of the stored
+    # record, and no record of an older version either.
+    clash.body.update(id=stored.id, request_id="r-1")
+    store = open_store(dsn)
+    store.migrate()
+    store.append([stored], SIGNER, CheckpointPolicy())
+    store.close()
+    (tmp_path / "spill").mkdir()
+    (tmp_path / "spill" / "spill-1-1.jsonl").write_bytes(clash.to_json() + b"\n")
+    counts = Counts()
+    writer = writer_for(dsn, tmp_path, counts)
+    writer.open()  # replays the leftover file
+    writer.close()
+    assert counts.dead_letters == 1
+    report = verify(open_store(dsn), [SIGNER])
+    assert report.ok and [line.split(" (")[0] for line in report.unstored] == [f"record {stored.id}"]
