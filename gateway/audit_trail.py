@@ -131,7 +131,7 @@ def note_stream(state: dict, text: str | None, events: list[bytes]) -> None:
 
 def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
     fields = {"action": verdict.action, "stage": verdict.stage, "rule_id": verdict.rule_id,
-              "category": verdict.category, "score": verdict.score}
+              "category": verdict.category, "score": verdict.score, "view": verdict.view}
     if verdict.scores:
         fields["scores"] = verdict.scores
     if verdict.bypass is not None:

@@ -159,7 +159,7 @@ class BlacklistInspector:
             replacement = _redacted(text, [(m.original_start, m.original_end) for m in matches
                                            if m.action == "redact"], self.mask)
         return Verdict(deciding.action, deciding.category, 1.0, deciding.rule_id, self.name, replacement,
-                       span=(deciding.original_start, deciding.original_end))
+                       span=(deciding.original_start, deciding.original_end), view=deciding.view)
 
 
 def _redacted(text: str, spans: list[tuple[int, int]], mask: str) -> str:

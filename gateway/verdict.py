@@ -41,6 +41,9 @@ class Verdict:
     # Where in the inspected text the deciding match lies, [start, end) in characters of the text as
     # given (a blacklist match); None for a verdict on the text as a whole.
     span: tuple[int, int] | None = None
+    # Which view of the text the deciding blacklist match was found in ("text", "leet", "base64"...;
+    # filters/views.py): the disguise, named for whoever reviews the decision.
+    view: str | None = None
 
 
 ALLOW = Verdict()
