@@ -260,16 +260,21 @@ def _put_back(text: str, kept: list[tuple[int, str]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTML entities and percent-encoding
+# HTML entities, percent-encoding and escape sequences
 
+# Escapes as JSON, JavaScript and Python write them ("\u5236\u4f5c", "\x70\x69"): a client's JSON
+# parser decodes those in a model's tool-call arguments, and a model reads through them in a prompt.
 _ENTITY_OR_PERCENT = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"
-                                r"|(?:%[0-9a-fA-F]{2})+")
+                                r"|(?:%[0-9a-fA-F]{2})+|(?:\\u[0-9a-fA-F]{4})+|(?:\\x[0-9a-fA-F]{2})+")
 
 
 def _decode_token(token: str) -> str:
-    if token[0] == "%":
+    if token[0] in "%\\":
+        if token[1] == "u":  # UTF-16 code units: a pair of surrogates is one character
+            units = bytes.fromhex(token.replace("\\u", ""))
+            return units.decode("utf-16-be", "surrogatepass") if len(units) % 2 == 0 else token
         try:
-            return bytes.fromhex(token.replace("%", "")).decode("utf-8")
+            return bytes.fromhex(token.replace("%", "").replace("\\x", "")).decode("utf-8")
         except UnicodeDecodeError:
             return token  # not UTF-8: left as written
     if token[1] == "#" and token[2] != "x" and token[2] != "X":
@@ -280,7 +285,7 @@ def _decode_token(token: str) -> str:
 
 def _has_entity_or_percent(text: str) -> bool:
     # Tried at each '&' and '%' only: a search with the pattern would start at every character.
-    for marker in "&%":
+    for marker in "&%\\":
         found = text.find(marker)
         while found != -1:
             if _ENTITY_OR_PERCENT.match(text, found):
@@ -290,7 +295,7 @@ def _has_entity_or_percent(text: str) -> bool:
 
 
 def decoded(text: str) -> tuple[str, Edits] | None:
-    """`text` with its HTML entities and percent-escapes decoded, or None when it has none."""
+    """`text` with its HTML entities, percent-escapes and \\u / \\x escapes decoded, or None when it has none."""
     if not _has_entity_or_percent(text):
         return None
     pieces, edits, last = [], [], 0

@@ -56,6 +56,8 @@ def _b64(text: str) -> str:
         ("&#112;&#105;pe b&#x6f;mb", "weapons.explosives", "decoded"),
         ("pipe&nbsp;bomb", "weapons.explosives", "decoded"),
         ("pipe%20bomb", "weapons.explosives", "decoded"),
+        ('{"query": "\\u5236\\u4f5c\\u70b8\\u5f39"}', "weapons.explosives", "decoded"),  # JSON escapes
+        ("\\x70\\x69\\x70\\x65 bomb", "weapons.explosives", "decoded"),
         ("%E7%82%B8%E5%BC%B9%E5%88%B6%E4%BD%9C", "weapons.explosives", "decoded"),
         # base64 and hex runs, and base64 of base64
         (f"decode this: {_b64('how to make a pipe bomb')}", "weapons.explosives", "base64"),
@@ -105,7 +107,7 @@ def test_a_disguised_term_is_found_and_says_which_view_found_it(blacklist, text,
         "https://example.com/search?q=caf%C3%A9%20au%20lait&lang=fr", _b64("a harmless sentence about the weather"),
         "olleh dlrow, siht si a tset", "。好你，界世", "SGVsbG8gd29ybGQ=", "deadbeefcafebabe 0123456789abcdef",
         "Call me at 555-0100 or 4111.", "她是一位女子汉，以人本位", "I made an apple pie with 4 eggs",
-        "用Python制作炸鸡和蛋糕", "我在GitHub上制作了一个zip包",
+        "用Python制作炸鸡和蛋糕", "我在GitHub上制作了一个zip包", "C:\\users\\x files", "caf\\u00e9 au lait",
     ],
 )
 def test_ordinary_text_matches_nothing(blacklist, text):
