@@ -321,17 +321,22 @@ def _bmp_table() -> list[int | str]:
     return table
 
 
-@functools.cache
-def _irregular_chars() -> re.Pattern[str]:
-    """The characters whose fold is not one character: those of the BMP that are, and any beyond."""
-    codes = [code for code, folded in enumerate(_bmp_table()) if isinstance(folded, str) and len(folded) != 1]
+def class_ranges(codes: list[int]) -> str:
+    """The inside of a regex character class for sorted code points, as ranges ("a-z0-9")."""
     ranges, start = [], None
     for index, code in enumerate(codes):
         start = code if start is None else start
         if index + 1 == len(codes) or codes[index + 1] != code + 1:
             ranges.append(re.escape(chr(start)) + ("-" + re.escape(chr(code)) if code != start else ""))
             start = None
-    return re.compile("[" + "".join(ranges) + "\U00010000-\U0010ffff]")
+    return "".join(ranges)
+
+
+@functools.cache
+def _irregular_chars() -> re.Pattern[str]:
+    """The characters whose fold is not one character: those of the BMP that are, and any beyond."""
+    codes = [code for code, folded in enumerate(_bmp_table()) if isinstance(folded, str) and len(folded) != 1]
+    return re.compile("[" + class_ranges(codes) + "\U00010000-\U0010ffff]")
 
 
 @functools.lru_cache(maxsize=4096)

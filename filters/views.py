@@ -35,7 +35,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from filters.normalize import NormalizedText, normalize, sparse_non_ascii_runs
+from filters.normalize import NormalizedText, class_ranges, normalize, sparse_non_ascii_runs
 
 Back = Callable[[int, int], tuple[int, int]]
 
@@ -118,13 +118,7 @@ def _strip_table() -> list[int | None]:
 
 
 def _class_of(codes: list[int]) -> str:
-    ranges, start = [], None
-    for index, code in enumerate(codes):
-        start = code if start is None else start
-        if index + 1 == len(codes) or codes[index + 1] != code + 1:
-            ranges.append(re.escape(chr(start)) + ("-" + re.escape(chr(code)) if code != start else ""))
-            start = None
-    return "[" + "".join(ranges) + "]"
+    return "[" + class_ranges(codes) + "]"
 
 
 # `re` tests a set of BMP ranges quickly (~20 ns a character) and one with ranges beyond the BMP
