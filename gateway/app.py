@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from classifiers.deployment import ClassifierDeployment
 from filters.moderation_hook import close_sessions as close_moderation_sessions
-from gateway.audit_trail import build_writer
+from filters.pii import redact_pii
+from gateway.audit_trail import RequestAudit, build_writer
 from gateway.auth import Authenticator
 from gateway.breakers import Breakers
 from gateway.config import Settings
@@ -112,12 +113,14 @@ def create_app(settings: Settings) -> Starlette:
         OpenAIProxy(upstream, settings, policies), Probes(upstream, metrics, breakers, audit),
         Authenticator(settings.api_keys), admission, rate_limiter,
     )
+    route_paths = frozenset(route.path for route in routes)
+    # Outermost first: telemetry gives the request its id and sees every response as it went out.
+    middleware = [Middleware(RequestTelemetry, metrics=metrics, route_paths=route_paths, redact_request_id=redact_pii)]
+    if audit is not None:
+        middleware.append(Middleware(RequestAudit, writer=audit, route_paths=route_paths))
     app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(RequestTelemetry, metrics=metrics, route_paths=frozenset(route.path for route in routes),
-                       audit=audit),
-        ],
+        middleware=middleware,
         exception_handlers={
             HTTPException: on_http_exception,
             Exception: _on_unexpected,

@@ -2,8 +2,9 @@
 that record is committed.
 
 Every request except the orchestrator's probes leaves exactly one record. The request path notes
-what it learns in the ASGI scope's state (`note_*`); `AuditedSend` builds the record when the
-response is about to complete, waits for its commit, and only then lets the last message out. If the
+what it learns in the ASGI scope's state (`note_*`); the `RequestAudit` middleware wraps each
+request's `send` in an `AuditedSend`, which builds the record when the response is about to
+complete, waits for its commit, and only then lets the last message out. If the
 record cannot be committed and the policy says fail closed, a response whose status line has not
 gone out yet becomes a 503 (WG5002); a stream that already started ends with that error event.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import orjson
 import structlog
-from starlette.types import Message, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from filters.pii import redact_pii
 from gateway.config import Settings
@@ -226,6 +227,7 @@ class AuditedSend:
         self.known_route = known_route
         self.held_start: Message | None = None
         self.status = 0
+        self.sent_status = 0  # the status line the client got, once it went out
         self.recorded = False
 
     async def __call__(self, message: Message) -> None:
@@ -239,6 +241,7 @@ class AuditedSend:
             return
         if self.held_start is not None:
             start, self.held_start = self.held_start, None
+            self.sent_status = self.status
             await self.send(start)
         await self.send(message)
 
@@ -264,17 +267,42 @@ class AuditedSend:
                              "body": final.get("body", b"") + b"data: " + body + b"\n\n"})
             return
         self.held_start = None
-        self.status = error.kind.status
+        self.status = self.sent_status = error.kind.status
         await self.send({"type": "http.response.start", "status": error.kind.status,
                          "headers": [(b"content-type", b"application/json"),
                                      (b"content-length", str(len(body)).encode())]})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def finish(self, status: int) -> None:
-        """After the app returned or raised: a request that never completed a response (it crashed,
-        or the client left) is recorded now. The record is committed even if this task is cancelled."""
+    async def finish(self) -> None:
+        """After the app returned or raised: a request that never completed a response is recorded now,
+        with the status the client got, or 500 (it crashed) or 499 (the client left, nginx's convention)
+        when none went out. The record is committed even if this task is cancelled."""
         if self.recorded:
             return
+        status = self.sent_status or (499 if self.scope["state"].get("client_disconnected") else 500)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self._commit(status))
+
+
+class RequestAudit:
+    """ASGI middleware: each request's record, committed before its response completes (`AuditedSend`).
+
+    It sits inside the telemetry middleware: the request id exists before it runs, and a refusal it
+    makes (WG5002) goes out with that id and is logged and counted as it was sent.
+    """
+
+    def __init__(self, app: ASGIApp, writer: AuditWriter, route_paths: frozenset[str]) -> None:
+        self.app = app
+        self.writer = writer
+        self.route_paths = route_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNAUDITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        audited = AuditedSend(self.writer, scope, send, time.perf_counter(), scope["path"] in self.route_paths)
+        try:
+            await self.app(scope, receive, audited)
+        finally:
+            await audited.finish()
 

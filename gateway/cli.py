@@ -56,10 +56,11 @@ def main() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_file: Path | None, **options: object) -> None:
     """Run the gateway. Every option can also come from the config file or WARDGATE_<OPTION>."""
-    from gateway.telemetry import configure_logging  # imported here so that the other commands start fast
+    from filters.pii import redact_pii  # imported here so that the other commands start fast
+    from gateway.telemetry import configure_logging
 
     settings = _settings_or_exit(config_file, options)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, redact_pii)
     from gateway.app import policy_path
 
     path = policy_path(settings.policy)
@@ -187,11 +188,13 @@ def model_server(ctx: click.Context, model_dir: Path | None, log_level: str, hos
         raise click.UsageError("--model DIR is required (or create one: wardgate model-server init-demo DIR)")
     import uvicorn
 
+    from filters.pii import redact_pii
     from gateway.model_server.app import ModelServerSettings, create_model_server_app
     from gateway.telemetry import configure_logging
 
-    configure_logging(log_level)
-    app = create_model_server_app(ModelServerSettings(model_dir=model_dir, **options))
+    # The server imports no moderation code; the CLI gives it the gateway's masking of personal data.
+    configure_logging(log_level, redact_pii)
+    app = create_model_server_app(ModelServerSettings(model_dir=model_dir, **options), redact_request_id=redact_pii)
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
                 access_log=False, server_header=False, lifespan="on")
 

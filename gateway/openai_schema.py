@@ -8,36 +8,19 @@ is a client bug to report, not a value to coerce.
 
 from __future__ import annotations
 
-import functools
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr
 
-from gateway.errors import INVALID_JSON, INVALID_REQUEST, INVALID_UTF8, GatewayError
+from gateway.openai_messages import PASS_THROUGH, ChatMessage
 from gateway.request_texts import RequestTexts, walk_chat, walk_completion, walk_embedding
-
-RequestModel = TypeVar("RequestModel", bound=BaseModel)
-
-_PASS_THROUGH = ConfigDict(extra="allow", strict=True)
-
-
-class ContentPart(BaseModel):
-    model_config = _PASS_THROUGH
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = _PASS_THROUGH
-    role: str
-    content: str | list[ContentPart] | None = None
 
 
 class _InspectedRequest(BaseModel):
     """A request whose texts the input stages read: `walk()` lists them (gateway/request_texts.py)."""
 
-    model_config = _PASS_THROUGH
+    model_config = PASS_THROUGH
     _walked: RequestTexts | None = PrivateAttr(default=None)
 
     def _walk(self) -> RequestTexts:
@@ -139,28 +122,3 @@ def _call_arguments(message: dict) -> list[tuple[str, bool]]:
     calls.append(message.get("function_call"))
     return [(call["arguments"], isinstance(call.get("name"), str)) for call in calls
             if isinstance(call, dict) and isinstance(call.get("arguments"), str)]
-
-
-@functools.cache
-def _adapter(model: type[BaseModel]) -> TypeAdapter:
-    return TypeAdapter(model)
-
-
-def parse_request(model: type[RequestModel], body: bytes) -> RequestModel:
-    """Validate `body` as `model`, or raise the coded error that says precisely what is wrong."""
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GatewayError(
-            INVALID_UTF8, f"The request body is not valid UTF-8 (byte offset {exc.start})."
-        ) from None
-    try:
-        return _adapter(model).validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        if first["type"] == "json_invalid":
-            raise GatewayError(INVALID_JSON, f"The request body is not valid JSON: {first['ctx']['error']}.") from None
-        if first["type"] == "model_type":
-            raise GatewayError(INVALID_REQUEST, "The request body must be a JSON object.") from None
-        param = ".".join(str(part) for part in first["loc"])
-        raise GatewayError(INVALID_REQUEST, f"Invalid field `{param}`: {first['msg']}.", param=param) from None

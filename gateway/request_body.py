@@ -1,13 +1,22 @@
-"""Reading a request body with a size cap enforced while it arrives, and a deadline."""
+"""Reading a request body with a size cap enforced while it arrives, and a deadline; parsing it into
+the model a route expects, with the coded error that says what is wrong."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from typing import TypeVar
 
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.types import Receive, Scope
 
-from gateway.errors import BODY_TIMEOUT, BODY_TOO_LARGE, GatewayError
-from gateway.streaming import ClientDisconnected
+from gateway.errors import BODY_TIMEOUT, BODY_TOO_LARGE, INVALID_JSON, INVALID_REQUEST, INVALID_UTF8, GatewayError
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection; the upstream exchange was abandoned."""
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float | None = None) -> bytes:
@@ -45,3 +54,28 @@ async def _receive_all(receive: Receive, limit: int) -> bytes:
 
 def _too_large(limit: int) -> GatewayError:
     return GatewayError(BODY_TOO_LARGE, f"The request body is larger than {limit} bytes.")
+
+
+@functools.cache
+def _adapter(model: type[BaseModel]) -> TypeAdapter:
+    return TypeAdapter(model)
+
+
+def parse_request(model: type[RequestModel], body: bytes) -> RequestModel:
+    """Validate `body` as `model`, or raise the coded error that says precisely what is wrong."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GatewayError(
+            INVALID_UTF8, f"The request body is not valid UTF-8 (byte offset {exc.start})."
+        ) from None
+    try:
+        return _adapter(model).validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise GatewayError(INVALID_JSON, f"The request body is not valid JSON: {first['ctx']['error']}.") from None
+        if first["type"] == "model_type":
+            raise GatewayError(INVALID_REQUEST, "The request body must be a JSON object.") from None
+        param = ".".join(str(part) for part in first["loc"])
+        raise GatewayError(INVALID_REQUEST, f"Invalid field `{param}`: {first['msg']}.", param=param) from None

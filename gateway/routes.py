@@ -26,19 +26,13 @@ from gateway.errors import (
     error_response,
 )
 from gateway.limits import AdmissionControl
-from gateway.openai_schema import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    RequestModel,
-    parse_request,
-)
+from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.openapi import openapi_route
 from gateway.policy_reload import AdminPolicyEndpoint, PolicyManager
 from gateway.ratelimit import RateLimiter
-from gateway.request_body import read_body
+from gateway.request_body import ClientDisconnected, RequestModel, parse_request, read_body
 from gateway.request_texts import InspectionBudget
-from gateway.streaming import CancelOnDisconnect, ClientDisconnected, RawResponse, SSERelayResponse
+from gateway.streaming import CancelOnDisconnect, RawResponse, SSERelayResponse
 from gateway.telemetry import Metrics
 from gateway.tracing import child_span, trace_headers
 from gateway.upstream import (

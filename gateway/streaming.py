@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.audit_trail import note_stream
 from gateway.errors import POLICY_BLOCKED_OUTPUT, UPSTREAM_BAD_RESPONSE, GatewayError
+from gateway.request_body import ClientDisconnected
 from gateway.upstream import transport_error
 
 _EVENT_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -34,10 +35,6 @@ class StreamGate(Protocol):
     async def admit(self, events: list[bytes]) -> list[bytes]: ...
 
     async def release_all(self) -> list[bytes]: ...
-
-
-class ClientDisconnected(Exception):
-    """The client closed the connection; the upstream exchange was abandoned."""
 
 
 class CancelOnDisconnect:

@@ -3,6 +3,10 @@
 One JSON object per line on stdout: the access line of every request (request id, tenant, route,
 status, latency, upstream latency) and everything the libraries underneath log (uvicorn, aiohttp),
 so that a log shipper needs one parser.
+
+Telemetry reads no text itself: what masks personal data in log lines and traces is given to it
+(the gateway's is filters/pii.py), so that it imports nothing from the moderation side and the
+bundled model server can use it alone.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 import pybreaker
@@ -19,10 +24,10 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from filters.pii import redact_pii
-from gateway.audit_trail import UNAUDITED_PATHS, AuditedSend
 from gateway.tracing import RequestSpan, tracing_enabled
-from privacy.audit.writer import AuditWriter
+
+# Masks personal data and secrets in a text (filters.pii.redact_pii for the gateway).
+Redact = Callable[[str], str]
 
 # wardgate_breaker_state's values.
 BREAKER_STATE_CODES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
@@ -42,21 +47,27 @@ _NOT_TEXT = frozenset({"event", "timestamp", "level", "logger", "trace_id", "rou
                        "status", "tenant", "latency_ms", "upstream_ms", "error_code", "policy_digest"})
 
 
-def redact_personal_data(_: object, __: str, event: dict) -> dict:
-    """structlog processor: personal data and secrets are masked (filters/pii) in every logged string.
+class RedactPersonalData:
+    """structlog processor: personal data and secrets are masked (by `redact`) in every logged string.
     The access line is built from identifiers and numbers only; its one free-form field is the path
     of an unmatched route, so only that is scanned there (it is the hot path)."""
-    if event.get("event") == "request" and "exception" not in event:
-        if event.get("route") == "unmatched" and isinstance(event.get("path"), str):
-            event["path"] = redact_pii(event["path"])
+
+    def __init__(self, redact: Redact) -> None:
+        self.redact = redact
+
+    def __call__(self, _: object, __: str, event: dict) -> dict:
+        if event.get("event") == "request" and "exception" not in event:
+            if event.get("route") == "unmatched" and isinstance(event.get("path"), str):
+                event["path"] = self.redact(event["path"])
+            return event
+        for key, value in event.items():
+            if isinstance(value, str) and key not in _NOT_TEXT:
+                event[key] = self.redact(value)
         return event
-    for key, value in event.items():
-        if isinstance(value, str) and key not in _NOT_TEXT:
-            event[key] = redact_pii(value)
-    return event
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, redact: Redact) -> None:
+    redact_personal_data = RedactPersonalData(redact)
     numeric_level = logging.getLevelName(level.upper())
     shared = [
         structlog.contextvars.merge_contextvars,
@@ -288,15 +299,15 @@ def _client_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
 class RequestTelemetry:
     """ASGI middleware: request id (accepted or generated, echoed), one access log line, metrics.
 
-    It sits outermost so that every response, refusals by later middleware included, carries the
-    request id and is counted.
+    It sits outermost so that every response, refusals by later middleware included (the audit's
+    among them), carries the request id and is counted as it went out.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, route_paths: frozenset[str],
-                 audit: AuditWriter | None = None) -> None:
+                 redact_request_id: Redact | None = None) -> None:
         self.app = app
         self.metrics = metrics
-        self.audit = audit
+        self.redact_request_id = redact_request_id
         # Requests refused before routing (401, 429) still count under their route; any other path
         # is "unmatched", so that scanners cannot blow up the metric's cardinality.
         self.route_paths = route_paths
@@ -311,7 +322,7 @@ class RequestTelemetry:
         request_id = client_id or os.urandom(16).hex()
         # A client's id may hold personal data (an e-mail address): logs and traces get it masked, once
         # per request; the client and the upstream get it as it was sent.
-        logged_id = redact_pii(client_id) if client_id else request_id
+        logged_id = self.redact_request_id(client_id) if client_id and self.redact_request_id else request_id
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         id_header = (_REQUEST_ID_HEADER, request_id.encode())
@@ -332,18 +343,13 @@ class RequestTelemetry:
         structlog.contextvars.bind_contextvars(request_id=logged_id)
         if span is not None:
             structlog.contextvars.bind_contextvars(trace_id=span.trace_id)
-        audited = None
-        if self.audit is not None and scope["path"] not in UNAUDITED_PATHS:
-            audited = AuditedSend(self.audit, scope, send_with_request_id, started, scope["path"] in self.route_paths)
         failure: BaseException | None = None
         try:
-            await self.app(scope, receive, audited or send_with_request_id)
+            await self.app(scope, receive, send_with_request_id)
         except BaseException as exc:
             failure = exc
             raise
         finally:
-            if audited is not None:
-                await audited.finish(status or (499 if state.get("client_disconnected") else 500))
             status = self._record(scope, state, logged_id, status, time.perf_counter() - started, failure)
             structlog.contextvars.clear_contextvars()
             if span is not None:

@@ -44,9 +44,9 @@ from gateway.errors import (
 )
 from gateway.model_server.engine import EngineOverloaded, GenerationEngine, PromptTooLong, SamplingParams, Sequence
 from gateway.model_server.loading import DeviceChoice, LoadedModel, ModelLoadError, Quantize, load_model
-from gateway.openai_schema import ChatMessage, RequestModel, parse_request
-from gateway.request_body import read_body
-from gateway.telemetry import LATENCY_BUCKETS, Metrics, RequestTelemetry
+from gateway.openai_messages import PASS_THROUGH, ChatMessage
+from gateway.request_body import RequestModel, parse_request, read_body
+from gateway.telemetry import LATENCY_BUCKETS, Metrics, Redact, RequestTelemetry
 
 log = structlog.get_logger("wardgate.model_server")
 
@@ -69,11 +69,9 @@ class ModelServerSettings:
 
 # -- request schemas ---------------------------------------------------------------------------
 
-_PASS_THROUGH = ConfigDict(extra="allow", strict=True)
-
 
 class _Sampling(BaseModel):
-    model_config = _PASS_THROUGH
+    model_config = PASS_THROUGH
     model: str = ""
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -407,7 +405,9 @@ async def _swap_logged(server: ModelServer, model_dir: Path) -> None:
         await server.swap(model_dir)
 
 
-def create_model_server_app(settings: ModelServerSettings) -> Starlette:
+def create_model_server_app(settings: ModelServerSettings, redact_request_id: Redact | None = None) -> Starlette:
+    """`redact_request_id` masks personal data in the request ids clients send before logs and traces
+    get them (the gateway's forwards its clients' ids); this server has no masking of its own."""
     metrics = Metrics()
     model_metrics = ModelMetrics(metrics)
     server = ModelServer(settings, model_metrics)
@@ -440,7 +440,8 @@ def create_model_server_app(settings: ModelServerSettings) -> Starlette:
     return Starlette(
         routes=route_list,
         middleware=[Middleware(RequestTelemetry, metrics=metrics,
-                               route_paths=frozenset(route.path for route in route_list))],
+                               route_paths=frozenset(route.path for route in route_list),
+                               redact_request_id=redact_request_id)],
         exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_exception},
         lifespan=lifespan,
     )
