@@ -16,6 +16,7 @@ Prints, as `name: value unit` lines:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -95,20 +96,22 @@ def block_rates(url: str) -> list[str]:
     return lines
 
 
-def latencies_ms(url: str, requests: int) -> list[float]:
-    """Sequential short prompts (one client: the added latency, not throughput)."""
-    found = []
+def interleaved_latencies_ms(urls: dict[str, str], requests: int) -> dict[str, list[float]]:
+    """Sequential short prompts (one client: the added latency, not throughput), sent to each target
+    in turn, so that every target meets the same moments of the machine's other load."""
+    found: dict[str, list[float]] = {name: [] for name in urls}
     with httpx.Client(timeout=30) as client:
         for index in range(requests + 20):
             prompt = SHORT_PROMPTS[index % len(SHORT_PROMPTS)]
-            started = time.perf_counter()
-            response = client.post(url + "/v1/chat/completions",
-                                   json={"model": "echo", "messages": [{"role": "user", "content": prompt}]})
-            elapsed = (time.perf_counter() - started) * 1000
-            if response.status_code != 200:
-                raise SystemExit(f"{url}: a short prompt got HTTP {response.status_code}: {response.text[:200]}")
-            if index >= 20:  # the first requests warm caches and connections
-                found.append(elapsed)
+            for name, url in urls.items():
+                started = time.perf_counter()
+                response = client.post(url + "/v1/chat/completions",
+                                       json={"model": "echo", "messages": [{"role": "user", "content": prompt}]})
+                elapsed = (time.perf_counter() - started) * 1000
+                if response.status_code != 200:
+                    raise SystemExit(f"{name}: a short prompt got HTTP {response.status_code}: {response.text[:200]}")
+                if index >= 20:  # the first requests warm caches and connections
+                    found[name].append(elapsed)
     return found
 
 
@@ -132,23 +135,26 @@ def state_dir(workdir: Path, name: str) -> Path:
 
 
 def added_latency(upstream_url: str, requests: int, baseline_ref: str | None, workdir: Path) -> list[str]:
-    direct = latencies_ms(upstream_url, requests)
-    direct_p50 = statistics.median(direct)
-    targets = [("current", None)]
+    targets: dict[str, Path | None] = {"current": None}
     if baseline_ref is not None:
-        targets.append(("baseline", baseline_tree(baseline_ref)))
+        targets["baseline"] = baseline_tree(baseline_ref)
+    with contextlib.ExitStack() as servers:
+        urls = {"direct": upstream_url}
+        for name, tree in targets.items():
+            env = {**os.environ, "WARDGATE_STATE_DIR": str(state_dir(workdir, name))}
+            if tree is not None:  # the baseline's modules first on the path: the same virtualenv serves older code
+                env["PYTHONPATH"] = str(tree)
+            urls[name] = servers.enter_context(
+                wardgate_serving(["--upstream", upstream_url], workdir / f"{name}.log", 120, env=env))
+        progress(f"{requests} short prompts each to the model server and the default policy on {list(targets)}")
+        measured = interleaved_latencies_ms(urls, requests)
+    direct_p50 = statistics.median(measured["direct"])
     p50s, lines = {}, []
-    for name, tree in targets:
-        # The baseline's modules come first on the path: the same virtualenv serves the older code.
-        env = {**os.environ, "WARDGATE_STATE_DIR": str(state_dir(workdir, name))}
-        if tree is not None:
-            env["PYTHONPATH"] = str(tree)
-        progress(f"default policy, {name} code: {requests} short prompts")
-        with wardgate_serving(["--upstream", upstream_url], workdir / f"{name}.log", 120, env=env) as url:
-            measured = latencies_ms(url, requests)
-        p50s[name] = statistics.median(measured) - direct_p50
+    for name in targets:
+        p50s[name] = statistics.median(measured[name]) - direct_p50
         lines.append(f"default_policy_added_latency_p50[{name}]: {p50s[name]:.2f} ms")
-        lines.append(f"default_policy_added_latency_p99[{name}]: {percentile(measured, 0.99) - direct_p50:.2f} ms")
+        lines.append(f"default_policy_added_latency_p99[{name}]: "
+                     f"{percentile(measured[name], 0.99) - direct_p50:.2f} ms")
     if "baseline" in p50s:
         lines.append(f"default_policy_added_latency_p50_ratio_current_vs_baseline: "
                      f"{ratio(p50s['current'], p50s['baseline']):.2f}x")
