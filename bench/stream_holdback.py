@@ -34,6 +34,7 @@ import yaml
 
 import policies
 from gateway.enforcement import Enforcer
+from gateway.exchange import begin_exchange
 from gateway.holdback import HoldBack
 from gateway.pipeline import Context, load_pipeline
 
@@ -80,9 +81,16 @@ def old_stream_texts(answer: str) -> list[str]:
     return [answer[max(0, end - 64 - 512):end] for end in [*range(64, len(answer), 64), len(answer)]]
 
 
+def request_scope() -> dict:
+    """An ASGI scope as the gateway's middleware leaves it for the route."""
+    scope = {"path": SCOPE_PATH}
+    begin_exchange(scope, "bench")
+    return scope
+
+
 async def first_release(enforcer: Enforcer, answer: str) -> tuple[int, float]:
     """Characters received when the first text went out, and the checking time spent until then (ms)."""
-    checker = enforcer.stream_checker({"state": {"request_id": "bench"}, "path": SCOPE_PATH})
+    checker = enforcer.stream_checker(request_scope())
     received, spent = 0, 0.0
     for start in range(0, len(answer), 4):
         piece = answer[start:start + 4]
@@ -110,7 +118,7 @@ async def costs(enforcer: Enforcer, name: str, answer: str, rounds: int) -> None
             await pipeline.inspect_each([text], ctx, "expensive")
 
     async def check() -> None:
-        await enforcer.check_completion(document, b"{}", {"state": {}, "path": SCOPE_PATH})
+        await enforcer.check_completion(document, b"{}", request_scope())
 
     whole = await median_ms(lambda: pipeline.inspect_each([answer], ctx, "expensive"), rounds)
     windowed = await median_ms(lambda: pipeline.inspect_each(windows, ctx, "expensive"), rounds)

@@ -24,6 +24,7 @@ from gateway.auth import Authenticator
 from gateway.breakers import Breakers
 from gateway.config import Settings
 from gateway.errors import INTERNAL_ERROR, GatewayError, error_response, on_http_exception
+from gateway.exchange import exchange_of
 from gateway.limits import AdmissionControl
 from gateway.policy_reload import PolicyManager
 from gateway.ratelimit import build_rate_limiter
@@ -38,7 +39,7 @@ from policies.history import PolicyHistory
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log (RequestTelemetry logs it with the request id), never to the client.
     response = error_response(request.scope, GatewayError(INTERNAL_ERROR))
-    response.headers["x-request-id"] = request.scope["state"]["request_id"]
+    response.headers["x-request-id"] = exchange_of(request.scope).request_id
     return response
 
 

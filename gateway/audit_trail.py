@@ -2,7 +2,7 @@
 that record is committed.
 
 Every request except the orchestrator's probes leaves exactly one record. The request path notes
-what it learns in the ASGI scope's state (`note_*`); the `RequestAudit` middleware wraps each
+what it learns in the request's `Exchange` (`note_*`, gateway/exchange.py); the `RequestAudit` middleware wraps each
 request's `send` in an `AuditedSend`, which builds the record when the response is about to
 complete, waits for its commit, and only then lets the last message out. If the
 record cannot be committed and the policy says fail closed, a response whose status line has not
@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from filters.pii import redact_pii
 from gateway.config import Settings
 from gateway.errors import AUDIT_UNAVAILABLE, GatewayError
+from gateway.exchange import Exchange, exchange_of
 from gateway.openai_schema import completion_texts, stream_event_text
 from gateway.verdict import SEVERITY, Verdict
 from policies.schema import AuditSettings
@@ -83,39 +84,39 @@ def build_writer(settings: Settings, observer: Any = None) -> AuditWriter:
 
 # -- what the request path notes down ---------------------------------------------------------------
 
-def note_request(state: dict, parsed: Any) -> None:
-    state["model"] = getattr(parsed, "model", None)
-    state["input_texts"] = parsed.texts()  # what the input stages inspect, and the prompt the audit keeps
+def note_request(exchange: Exchange, parsed: Any) -> None:
+    exchange.model = getattr(parsed, "model", None)
+    exchange.input_texts = parsed.texts()
     user = (parsed.model_extra or {}).get("user")
     if isinstance(user, str) and user:
-        state["subject"] = user
+        exchange.subject = user
 
 
-def note_completion(state: dict, document: dict) -> None:
-    state["completion_text"] = "\n\n".join(text for text in completion_texts(document) if text)
-    note_usage(state, document)
+def note_completion(exchange: Exchange, document: dict) -> None:
+    exchange.completion_text = "\n\n".join(text for text in completion_texts(document) if text)
+    note_usage(exchange, document)
 
 
-def note_usage(state: dict, document: dict) -> None:
+def note_usage(exchange: Exchange, document: dict) -> None:
     usage = document.get("usage")
     if isinstance(usage, dict):
-        state["tokens"] = {name: usage[key] for name, key in (("prompt", "prompt_tokens"),
+        exchange.tokens = {name: usage[key] for name, key in (("prompt", "prompt_tokens"),
                                                              ("completion", "completion_tokens"))
                            if isinstance(usage.get(key), int)}
 
 
-def note_stream(state: dict, text: str | None, events: list[bytes]) -> None:
+def note_stream(exchange: Exchange, text: str | None, events: list[bytes]) -> None:
     """A streamed completion's text as it passes, and its usage if the upstream reports it. `text`: what
     the events add, as output inspection read it; None where nothing inspects the output, and the
     events are read here (the audit keeps a stream's text as it keeps a whole answer's)."""
     if text is None:
         text = "".join(stream_event_text(event)[0] for event in events)
-    estimate = state.get("streamed_tokens")  # present when a token rate limit applies
+    estimate = exchange.streamed_tokens  # present when a token rate limit applies
     if estimate is not None:  # in case no usage comes
         estimate.add(text)
-    if text and state.get("completion_chars", 0) < MAX_STORED_CHARS:
-        state.setdefault("completion_parts", []).append(text)
-        state["completion_chars"] = state.get("completion_chars", 0) + len(text)
+    if text and exchange.completion_chars < MAX_STORED_CHARS:
+        exchange.completion_parts.append(text)
+        exchange.completion_chars += len(text)
     for event in events:
         if b'"usage"' in event:
             for line in event.splitlines():
@@ -125,7 +126,7 @@ def note_stream(state: dict, text: str | None, events: list[bytes]) -> None:
                     except orjson.JSONDecodeError:
                         continue
                     if isinstance(document, dict):
-                        note_usage(state, document)
+                        note_usage(exchange, document)
 
 
 # -- the record -------------------------------------------------------------------------------------
@@ -150,57 +151,57 @@ def _decision(verdicts: dict[str, Verdict], status: int, error_code: str | None)
     return "allow", deciding
 
 
-def _upstream_fields(state: dict) -> dict[str, Any] | None:
+def _upstream_fields(exchange: Exchange) -> dict[str, Any] | None:
     """The upstream's status and latency, and every attempt when there was more than one plain one."""
-    if state.get("upstream_s") is None:
+    if exchange.upstream_s is None:
         return None
-    fields = {"status": state.get("upstream_status"), "ms": round(state["upstream_s"] * 1000, 3)}
-    if state.get("upstream_attempts"):
-        fields["attempts"] = state["upstream_attempts"]
+    fields = {"status": exchange.upstream_status, "ms": round(exchange.upstream_s * 1000, 3)}
+    if exchange.upstream_attempts:
+        fields["attempts"] = exchange.upstream_attempts
     return fields
 
 
 def request_record(scope: Scope, status: int, elapsed_s: float, known_route: bool,
                    subject_key: SubjectKey | None) -> AuditRecord:
-    state = scope["state"]
-    verdicts: dict[str, Verdict] = state.get("verdicts", {})
-    error_code = state.get("error_code")
+    exchange = exchange_of(scope)
+    verdicts = exchange.verdicts
+    error_code = exchange.error_code
     decision, deciding = _decision(verdicts, status, error_code)
     admin = scope["path"].startswith("/admin/")
     record = new_record(
         "event" if admin else "request",
-        request_id=stored_request_id(state["request_id"]),
+        request_id=stored_request_id(exchange.request_id),
         event="admin_access" if admin else None,
-        tenant=state.get("tenant"),
-        key_id=state.get("key_id"),
+        tenant=exchange.tenant,
+        key_id=exchange.key_id,
         route=scope["path"] if known_route else "unmatched",
         method=scope["method"],
         status=status,
-        model=redact_pii(state["model"]) if isinstance(state.get("model"), str) else None,
-        policy_version=state.get("policy_version"),
-        policy_digest=state.get("policy_digest"),
-        classifier_digest=state.get("classifier_digest"),
+        model=redact_pii(exchange.model) if isinstance(exchange.model, str) else None,
+        policy_version=exchange.policy_version,
+        policy_digest=exchange.policy_digest,
+        classifier_digest=exchange.classifier_digest,
         decision=decision,
         category=deciding.category if deciding is not None else None,
         rule_id=deciding.rule_id if deciding is not None else None,
         score=deciding.score if deciding is not None else None,
         verdicts={direction: _verdict_fields(verdict) for direction, verdict in verdicts.items()} or None,
-        stage_ms=state.get("stage_ms"),
-        upstream=_upstream_fields(state),
-        tokens=state.get("tokens"),
+        stage_ms=exchange.stage_ms or None,
+        upstream=_upstream_fields(exchange),
+        tokens=exchange.tokens,
         error_code=error_code,
         latency_ms=round(elapsed_s * 1000, 3),
-        client_disconnected=state.get("client_disconnected"),
-        content=state.get("content"),  # what no stage could read, and the policy's decision on it
+        client_disconnected=exchange.client_disconnected or None,
+        content=exchange.content,  # what no stage could read, and the policy's decision on it
     )
-    audit: AuditSettings = state.get("audit_settings", DEFAULT_AUDIT)
+    audit = exchange.audit_settings if exchange.audit_settings is not None else DEFAULT_AUDIT
     record.on_store_failure = audit.on_store_failure
-    completion = state.get("completion_text")
-    if completion is None and "completion_parts" in state:
-        completion = "".join(state["completion_parts"])
+    completion = exchange.completion_text
+    if completion is None and exchange.completion_parts:
+        completion = "".join(exchange.completion_parts)
     truncated = []
-    prompt = "\n\n".join(state["input_texts"]) if "input_texts" in state else None
-    subject = state.get("subject")
+    prompt = "\n\n".join(exchange.input_texts) if exchange.input_texts is not None else None
+    subject = exchange.subject
     pseudonym = subject_key.pseudonym(subject) if subject is not None and subject_key is not None else None
     for role, text in (("prompt", prompt), ("completion", completion)):
         if not text:
@@ -258,10 +259,10 @@ class AuditedSend:
 
     async def _send_refusal(self, final: Message) -> None:
         """The record could not be kept and the policy says fail closed: WG5002 instead of the response."""
-        state = self.scope["state"]
+        exchange = exchange_of(self.scope)
         error = GatewayError(AUDIT_UNAVAILABLE)
-        state["error_code"] = error.kind.code
-        body = error.body(state["request_id"])
+        exchange.error_code = error.kind.code
+        body = error.body(exchange.request_id)
         if self.held_start is None:  # a stream whose status line went out already: end it with the error
             await self.send({"type": "http.response.body", "more_body": False,
                              "body": final.get("body", b"") + b"data: " + body + b"\n\n"})
@@ -279,7 +280,7 @@ class AuditedSend:
         when none went out. The record is committed even if this task is cancelled."""
         if self.recorded:
             return
-        status = self.sent_status or (499 if self.scope["state"].get("client_disconnected") else 500)
+        status = self.sent_status or (499 if exchange_of(self.scope).client_disconnected else 500)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self._commit(status))
 

@@ -14,6 +14,7 @@ from starlette.types import Scope
 
 from gateway.config import ApiKey
 from gateway.errors import ADMIN_FORBIDDEN, ADMIN_UNAUTHORIZED, INVALID_API_KEY, MISSING_API_KEY, GatewayError
+from gateway.exchange import exchange_of
 
 ANONYMOUS_TENANT = "default"
 
@@ -45,9 +46,9 @@ class Authenticator:
         self.has_admin_key = any(key.role == "admin" for key in keys)
 
     def authenticate(self, scope: Scope) -> None:
-        state = scope["state"]
+        exchange = exchange_of(scope)
         if not self.keys_by_hash:
-            state["tenant"] = ANONYMOUS_TENANT
+            exchange.tenant = ANONYMOUS_TENANT
             return
         token = _bearer_token(scope["headers"])
         if token is None:
@@ -55,9 +56,9 @@ class Authenticator:
         key = self.keys_by_hash.get(hashlib.sha256(token).hexdigest())
         if key is None:
             raise GatewayError(INVALID_API_KEY)
-        state["tenant"] = key.tenant
-        state["key_id"] = key.id
-        state["role"] = key.role
+        exchange.tenant = key.tenant
+        exchange.key_id = key.id
+        exchange.role = key.role
         scope["headers"] = [(name, value) for name, value in scope["headers"] if name != b"authorization"]
 
     def authenticate_admin(self, scope: Scope) -> None:
@@ -68,5 +69,5 @@ class Authenticator:
             self.authenticate(scope)
         except GatewayError:
             raise GatewayError(ADMIN_UNAUTHORIZED) from None
-        if scope["state"]["role"] != "admin":
+        if exchange_of(scope).role != "admin":
             raise GatewayError(ADMIN_FORBIDDEN)

@@ -31,6 +31,7 @@ from gateway.errors import (
     UNKNOWN_CONTENT,
     GatewayError,
 )
+from gateway.exchange import Exchange, exchange_of
 from gateway.holdback import HoldBack, Scan, Window
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, completion_texts, stream_event_text
 from gateway.pipeline import Context, Pipeline
@@ -58,19 +59,22 @@ class Enforcer:
         self._scan_reach: dict[int, int | None] = {}  # per output stage list
 
     async def verdicts(self, texts: list[str], scope: Scope, direction: Direction) -> list[Verdict]:
-        state = scope["state"]
-        ctx = Context(direction, state.get("tenant"), scope["path"], state.get("request_id", ""))
-        return await self.pipeline.inspect_each(texts, ctx, timings=_stage_timings(state, direction))
+        exchange = exchange_of(scope)
+        ctx = Context(direction, exchange.tenant, scope["path"], exchange.request_id)
+        return await self.pipeline.inspect_each(texts, ctx, timings=_stage_timings(exchange, direction))
 
     def record(self, scope: Scope, direction: Direction, verdict: Verdict) -> None:
         """Keep the direction's strongest verdict so far for the audit record, and (when it is not
         an allow) for the access log line."""
-        state = scope["state"]
-        verdicts = state.setdefault("verdicts", {})
-        kept = verdicts[direction] = stronger(verdicts.get(direction, ALLOW), verdict)
+        exchange = exchange_of(scope)
+        kept = exchange.verdicts[direction] = stronger(exchange.verdicts.get(direction, ALLOW), verdict)
         if kept.action != "allow":
-            state[f"{direction}_verdict"] = {"action": kept.action, "rule_id": kept.rule_id,
-                                             "category": kept.category, "stage": kept.stage, "score": kept.score}
+            logged = {"action": kept.action, "rule_id": kept.rule_id, "category": kept.category, "stage": kept.stage,
+                      "score": kept.score}
+            if direction == "input":
+                exchange.input_verdict = logged
+            else:
+                exchange.output_verdict = logged
 
     async def check_request(self, request: RequestTexts, body: bytes, scope: Scope,
                             budget: InspectionBudget) -> tuple[Verdict, bytes]:
@@ -80,7 +84,7 @@ class Enforcer:
         content the policy refuses, before any stage runs, and (error mode) for a block."""
         started = time.perf_counter()
         budget.check(request)
-        stripped = self._admit_content(request, scope["state"])
+        stripped = self._admit_content(request, exchange_of(scope))
         texts = request.texts
         verdicts = await self.verdicts([text.text for text in texts] + request.joined(), scope, "input")
         # Only a text that is one string of the body can be masked in place: a definition read as one
@@ -95,10 +99,10 @@ class Enforcer:
                   if found.action == "redact" and found.replacement is not None}
         if verdict.action != "block" and (masked or stripped):
             body = orjson.dumps(_rewritten(orjson.loads(body), masked, stripped))
-        scope["state"]["inspect_input_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        exchange_of(scope).inspect_input_ms = round((time.perf_counter() - started) * 1000, 3)
         return verdict, body
 
-    def _admit_content(self, request: RequestTexts, state: dict) -> list[Location]:
+    def _admit_content(self, request: RequestTexts, exchange: Exchange) -> list[Location]:
         """The policy's decision on the content no stage can read, noted for the audit record; raises
         the coded error where the policy refuses it. Returns the unknown content to strip."""
         policy = self.policy
@@ -108,7 +112,7 @@ class Enforcer:
                                                      ("non_text", request.non_text, policy.non_text_content))
                      if locations}
         if decisions:
-            state["content"] = decisions
+            exchange.content = decisions
         if request.unknown and policy.unknown_content == "reject":
             raise GatewayError(UNKNOWN_CONTENT, f"A content part type or key the OpenAI schema does not have, at "
                                f"{_where(request.unknown)}: the gateway does not forward what it cannot inspect.",
@@ -182,8 +186,8 @@ class CompletionJudge:
     def __init__(self, enforcer: Enforcer, scope: Scope) -> None:
         self.enforcer = enforcer
         self.scope = scope
-        state = scope["state"]
-        self.ctx = Context("output", state.get("tenant"), scope["path"], state.get("request_id", ""))
+        exchange = exchange_of(scope)
+        self.ctx = Context("output", exchange.tenant, scope["path"], exchange.request_id)
         self.holdback = enforcer.holdback(self.ctx)
         self.verdict = ALLOW  # of what has settled
         self.blocked: Verdict | None = None  # the block that settled: the completion is refused
@@ -233,7 +237,7 @@ class CompletionJudge:
                 self._note(window.end, 1, verdict)
 
     async def _inspect(self, texts: list[str], ctx: Context, stages: str) -> list[Verdict]:
-        timings = _stage_timings(self.scope["state"], "output")
+        timings = _stage_timings(exchange_of(self.scope), "output")
         return await self.enforcer.pipeline.inspect_each(texts, ctx, stages, timings=timings)
 
     def _note(self, end: int, order: int, verdict: Verdict) -> None:
@@ -295,7 +299,7 @@ class StreamChecker:
             added.append(text)
             self.judge.add(text)
             self.held.append(event)
-        note_stream(self.scope["state"], "".join(added), events)
+        note_stream(exchange_of(self.scope), "".join(added), events)
         if finished:
             return await self.release_all()
         await self._check(finished=False)
@@ -339,9 +343,9 @@ def _match_length(pattern: str) -> int | None:
     return sre_parser.parse(pattern).getwidth()[1] + 1
 
 
-def _stage_timings(state: dict, direction: Direction) -> dict[str, float]:
+def _stage_timings(exchange: Exchange, direction: Direction) -> dict[str, float]:
     """Milliseconds per stage for this request and direction, added up over its checks (for the audit)."""
-    return state.setdefault("stage_ms", {}).setdefault(direction, {})
+    return exchange.stage_ms.setdefault(direction, {})
 
 
 def _where(locations: list[Location]) -> str:

@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from gateway.exchange import exchange_of
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorKind:
@@ -364,10 +366,10 @@ def render_markdown() -> str:
 
 def error_response(scope: Scope, error: GatewayError) -> Response:
     """The coded response for `error`; records the code for the access log and metrics."""
-    state = scope.setdefault("state", {})
-    state["error_code"] = error.kind.code
+    exchange = exchange_of(scope)
+    exchange.error_code = error.kind.code
     return Response(
-        error.body(state.get("request_id", "")),
+        error.body(exchange.request_id),
         status_code=error.kind.status,
         headers=error.headers,
         media_type="application/json",

@@ -31,6 +31,7 @@ from gateway.auth import Authenticator
 from gateway.breakers import Breakers
 from gateway.enforcement import Enforcer
 from gateway.errors import GatewayError, error_response
+from gateway.exchange import Exchange, begin_exchange, exchange_of
 from gateway.pipeline import golden_failures, load_pipeline
 from gateway.rollout import GuardRails, Rollout, RolloutMode, VersionStats, breach
 from gateway.telemetry import Metrics
@@ -237,15 +238,14 @@ class PolicyManager:
             return candidate.enforcer
         return self.active.enforcer
 
-    def observe(self, state: dict) -> None:
+    def observe(self, exchange: Exchange) -> None:
         """One request's outcome, counted for the version that handled it; judges a trial."""
-        digest = state.get("version_key")
+        digest = exchange.version_key
         if digest is None:
             return
-        verdicts = state.get("verdicts", {})
-        blocked = any(verdict.action == "block" for verdict in verdicts.values())
-        failed = (state.get("error_code") or "").startswith("WG9")
-        inspect_ms = sum(sum(stages.values()) for stages in state.get("stage_ms", {}).values())
+        blocked = any(verdict.action == "block" for verdict in exchange.verdicts.values())
+        failed = (exchange.error_code or "").startswith("WG9")
+        inspect_ms = sum(sum(stages.values()) for stages in exchange.stage_ms.values())
         rollout = self.rollout
         if rollout is not None and digest == rollout.digest:
             rollout.stats.observe(blocked, failed, inspect_ms)
@@ -265,17 +265,19 @@ class PolicyManager:
         candidate, rollout = self.candidate, self.rollout
         if candidate is None or rollout is None or rollout.mode != "shadow":
             return
-        state = scope["state"]
-        enforced = state.get("verdicts", {}).get("input")
-        shadow_state = {"request_id": state["request_id"], "tenant": state.get("tenant")}
+        exchange = exchange_of(scope)
+        enforced = exchange.verdicts.get("input")
+        # A record of its own: the shadow's verdicts and timings stay out of the request's.
+        shadow_scope = {"path": scope["path"]}
+        begin_exchange(shadow_scope, exchange.request_id).tenant = exchange.tenant
         started = time.perf_counter()
-        verdicts = await candidate.enforcer.verdicts(texts, {"state": shadow_state, "path": scope["path"]}, "input")
+        verdicts = await candidate.enforcer.verdicts(texts, shadow_scope, "input")
         shadow = strongest(verdicts)
         enforced_action = enforced.action if enforced is not None else "allow"
         if shadow.action != enforced_action:
             rollout.shadow_differences += 1
             self.metrics.shadow_differences.inc()
-            log.info("policy_shadow_difference", request_id=state["request_id"], shadow_action=shadow.action,
+            log.info("policy_shadow_difference", request_id=exchange.request_id, shadow_action=shadow.action,
                      shadow_rule_id=shadow.rule_id, enforced_action=enforced_action,
                      enforced_rule_id=enforced.rule_id if enforced is not None else None)
         rollout.stats.observe(shadow.action == "block", False, (time.perf_counter() - started) * 1000)

@@ -46,6 +46,7 @@ from starlette.types import Message, Scope, Send
 
 from gateway.config import RateLimit, RateLimits, Settings
 from gateway.errors import RATE_LIMITED, TOKEN_RATE_LIMITED, GatewayError
+from gateway.exchange import Exchange, exchange_of
 from gateway.telemetry import Metrics
 from gateway.token_estimate import TokenEstimate, estimate_tokens
 
@@ -278,8 +279,8 @@ class RateLimiter:
         return self.plans[cache_key]
 
     async def admit(self, scope: Scope, send: Send) -> Send:
-        state = scope["state"]
-        plan = self.plan(state["tenant"], state.get("key_id"))
+        exchange = exchange_of(scope)
+        plan = self.plan(exchange.tenant, exchange.key_id)
         if plan is None:
             return send
         debts = await self.store.check(plan.buckets)
@@ -291,8 +292,8 @@ class RateLimiter:
         if refusing:
             self._refuse(plan, debts, refusing)
         if plan.token_buckets:
-            state["rate_limit_plan"] = plan
-            state["streamed_tokens"] = TokenEstimate()  # fed by note_stream, used if no usage comes
+            exchange.rate_limit_plan = plan
+            exchange.streamed_tokens = TokenEstimate()  # fed by note_stream, used if no usage comes
         headers = _headers(plan, debts, charged=True)
 
         async def send_with_limits(message: Message) -> None:
@@ -316,12 +317,12 @@ class RateLimiter:
                            headers=headers)
 
     async def charge(self, scope: Scope) -> None:
-        state = scope["state"]
-        plan: Plan | None = state.get("rate_limit_plan")
+        exchange = exchange_of(scope)
+        plan = exchange.rate_limit_plan
         if plan is None:
             return
-        tokens = state.get("tokens")
-        used = sum(tokens.values()) if tokens else _estimated_tokens(state)
+        tokens = exchange.tokens
+        used = sum(tokens.values()) if tokens else _estimated_tokens(exchange)
         if used > 0:
             await self.store.charge(plan.token_buckets, [bucket.cost_us(used) for bucket in plan.token_buckets])
 
@@ -329,13 +330,13 @@ class RateLimiter:
         await self.store.close()
 
 
-def _estimated_tokens(state: dict) -> int:
+def _estimated_tokens(exchange: Exchange) -> int:
     """Prompt + completion tokens of an answer that came without `usage` (see the module doc)."""
-    if state.get("upstream_status") != 200:
+    if exchange.upstream_status != 200:
         return 0
-    prompt = estimate_tokens(state.get("input_texts", ()))
-    completion = state.get("completion_text")
-    return prompt + (estimate_tokens((completion,)) if completion is not None else state["streamed_tokens"].tokens)
+    prompt = estimate_tokens(exchange.input_texts or ())
+    completion = exchange.completion_text
+    return prompt + (estimate_tokens((completion,)) if completion is not None else exchange.streamed_tokens.tokens)
 
 
 def build_rate_limiter(settings: Settings, metrics: Metrics) -> RateLimiter | None:

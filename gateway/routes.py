@@ -25,6 +25,7 @@ from gateway.errors import (
     GatewayError,
     error_response,
 )
+from gateway.exchange import exchange_of
 from gateway.limits import AdmissionControl
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.openapi import openapi_route
@@ -103,9 +104,10 @@ class ProxyEndpoint:
                 self.admission.leave()
             policies = self.proxy.policies
             if policies is not None:
-                policies.observe(scope["state"])
-                if policies.candidate is not None and "input_texts" in scope["state"]:
-                    policies.spawn_shadow(scope["state"]["input_texts"], scope)
+                exchange = exchange_of(scope)
+                policies.observe(exchange)
+                if policies.candidate is not None and exchange.input_texts is not None:
+                    policies.spawn_shadow(exchange.input_texts, scope)
             if self.rate_limiter is not None:  # tokens are known once the response has ended
                 await self.rate_limiter.charge(scope)
 
@@ -126,33 +128,33 @@ class OpenAIProxy:
                     body: bytes | None) -> ASGIApp:
         """Check the request (when `request_model` is given, `body` is its body), forward it, and return
         the response to send: the upstream's, relayed, or a coded error."""
+        exchange = exchange_of(scope)
         stream = False
         inspect_output = False
         # One policy version for the whole exchange, input and output, even if a reload lands meanwhile.
         enforcer = None
         if self.policies is not None:
             # A canary version takes its share of requests (by request id); see gateway/rollout.py.
-            enforcer = self.policies.enforcer_for(scope["state"]["request_id"])
-            scope["state"]["audit_settings"] = enforcer.policy.audit
+            enforcer = self.policies.enforcer_for(exchange.request_id)
+            exchange.audit_settings = enforcer.policy.audit
             if request_model is None:
                 enforcer = None
         if request_model is not None:
             parsed = await _parsed(request_model, body)
             stream = getattr(parsed, "stream", False)
-            note_request(scope["state"], parsed)
+            note_request(exchange, parsed)
             if enforcer is not None:
-                scope["state"]["policy_version"] = enforcer.policy.version
-                scope["state"]["policy_digest"] = enforcer.digest
-                scope["state"]["classifier_digest"] = enforcer.classifier_digest
-                scope["state"]["version_key"] = enforcer.version_key
+                exchange.policy_version = enforcer.policy.version
+                exchange.policy_digest = enforcer.digest
+                exchange.classifier_digest = enforcer.classifier_digest
+                exchange.version_key = enforcer.version_key
                 verdict, body = await enforcer.check_request(parsed.walk(), body, scope, self.budget)
                 if verdict.action == "block":  # on_block: refusal
                     return refusal_response(parsed, enforcer.policy.on_block.message)
                 inspect_output = request_model is not EmbeddingRequest
         # Unless redacted, the original bytes go upstream, not a re-serialisation: the model
         # server sees exactly what the client sent.
-        state = scope["state"]
-        headers = request_headers_for_upstream(scope["headers"], state["request_id"], self.upstream_api_key)
+        headers = request_headers_for_upstream(scope["headers"], exchange.request_id, self.upstream_api_key)
         path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         started = time.perf_counter()
         async with CancelOnDisconnect(scope, receive, grace_s=DISCONNECT_WATCH_GRACE_S):
@@ -161,11 +163,11 @@ class OpenAIProxy:
                 if context_headers:  # the model server continues our trace, not the client's
                     headers = [header for header in headers if header[0] not in ("traceparent", "tracestate")]
                     headers += context_headers
-                upstream = await self.upstream.send(scope["method"], path, headers, body, state)
+                upstream = await self.upstream.send(scope["method"], path, headers, body, exchange)
                 if span is not None:
                     span.set_attribute("http.response.status_code", upstream.status)
-            state["upstream_s"] = time.perf_counter() - started
-            state["upstream_status"] = upstream.status
+            exchange.upstream_s = time.perf_counter() - started
+            exchange.upstream_status = upstream.status
             client_headers = response_headers_for_client(upstream.raw_headers)
             if stream and upstream.status == 200 and upstream.content_type == "text/event-stream":
                 checker = enforcer.stream_checker(scope) if inspect_output else None
@@ -176,7 +178,7 @@ class OpenAIProxy:
                 upstream.release()
         document = _check_complete_response(upstream.status, payload)
         if document is not None and request_model is not None:
-            note_completion(state, document)
+            note_completion(exchange, document)
         if inspect_output and upstream.status == 200:
             verdict, payload = await enforcer.check_completion(document, payload, scope)
             if verdict.action == "block":  # on_block: refusal

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.audit_trail import note_stream
 from gateway.errors import POLICY_BLOCKED_OUTPUT, UPSTREAM_BAD_RESPONSE, GatewayError
+from gateway.exchange import exchange_of
 from gateway.request_body import ClientDisconnected
 from gateway.upstream import transport_error
 
@@ -78,7 +79,7 @@ class CancelOnDisconnect:
         if self._watcher is not None:
             self._watcher.cancel()
         if exc_type is asyncio.CancelledError and self.disconnected and self._task.uncancel() == 0:
-            self.scope["state"]["client_disconnected"] = True
+            exchange_of(self.scope).client_disconnected = True
             raise ClientDisconnected
         return False
 
@@ -166,7 +167,7 @@ class SSERelayResponse:
             async for chunk in self.upstream.content.iter_any():
                 events, pending = split_events(pending + chunk)
                 if events and self.gate is None:  # a gate notes them itself, with their text
-                    note_stream(scope["state"], None, events)  # text and usage, for the audit and token limits
+                    note_stream(exchange_of(scope), None, events)  # text and usage, for the audit and token limits
                 if events:
                     await self._send_checked(events, send)
                 if len(pending) > self.max_event_bytes:
@@ -211,8 +212,8 @@ class SSERelayResponse:
 
     @staticmethod
     async def _end_with_error(scope: Scope, send: Send, error: GatewayError) -> None:
-        state = scope["state"]
-        state["error_code"] = error.kind.code
-        body = error_event(error, state["request_id"])
+        exchange = exchange_of(scope)
+        exchange.error_code = error.kind.code
+        body = error_event(error, exchange.request_id)
         await send({"type": "http.response.body", "body": body, "more_body": False})
 

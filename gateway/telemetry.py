@@ -24,6 +24,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.exchange import Exchange, begin_exchange
 from gateway.tracing import RequestSpan, tracing_enabled
 
 # Masks personal data and secrets in a text (filters.pii.redact_pii for the gateway).
@@ -284,6 +285,9 @@ class Metrics:
 
 _REQUEST_ID_HEADER = b"x-request-id"
 _MAX_REQUEST_ID_LENGTH = 128
+# What the access line carries of the exchange besides its fixed fields, where the request got that far.
+_LOGGED_WHEN_KNOWN = ("trace_id", "policy_version", "policy_digest", "input_verdict", "output_verdict",
+                      "inspect_input_ms", "upstream_attempts")
 
 
 def _client_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -323,8 +327,7 @@ class RequestTelemetry:
         # A client's id may hold personal data (an e-mail address): logs and traces get it masked, once
         # per request; the client and the upstream get it as it was sent.
         logged_id = self.redact_request_id(client_id) if client_id and self.redact_request_id else request_id
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
+        exchange = begin_exchange(scope, request_id)
         id_header = (_REQUEST_ID_HEADER, request_id.encode())
         status = 0
 
@@ -338,7 +341,7 @@ class RequestTelemetry:
         span = RequestSpan(scope["headers"], scope["method"], self._route_label(scope["path"])) \
             if tracing_enabled() else None
         if span is not None:
-            state["trace_id"] = span.trace_id
+            exchange.trace_id = span.trace_id
         # Whatever else is logged while this request runs names it (and its trace) too.
         structlog.contextvars.bind_contextvars(request_id=logged_id)
         if span is not None:
@@ -350,32 +353,33 @@ class RequestTelemetry:
             failure = exc
             raise
         finally:
-            status = self._record(scope, state, logged_id, status, time.perf_counter() - started, failure)
+            status = self._record(scope, exchange, logged_id, status, time.perf_counter() - started, failure)
             structlog.contextvars.clear_contextvars()
             if span is not None:
-                span.end(status, {"wardgate.request_id": logged_id, "wardgate.tenant": state.get("tenant"),
-                                  "wardgate.error_code": state.get("error_code")})
+                span.end(status, {"wardgate.request_id": logged_id, "wardgate.tenant": exchange.tenant,
+                                  "wardgate.error_code": exchange.error_code})
 
     def _route_label(self, path: str) -> str:
         return path if path in self.route_paths else "unmatched"
 
     def _record(
-        self, scope: Scope, state: dict, logged_id: str, status: int, elapsed: float, failure: BaseException | None
+        self, scope: Scope, exchange: Exchange, logged_id: str, status: int, elapsed: float,
+        failure: BaseException | None,
     ) -> int:
         """Metrics and the access line; returns the status as recorded."""
         route_label = self._route_label(scope["path"])
         if status == 0:
             # No response started: the app crashed before answering (ServerErrorMiddleware then
             # answers 500), or the client went away first (499, nginx's convention).
-            status = 499 if state.get("client_disconnected") else 500
-        error_code = state.get("error_code")
-        upstream_s = state.get("upstream_s")
+            status = 499 if exchange.client_disconnected else 500
+        error_code = exchange.error_code
+        upstream_s = exchange.upstream_s
         self.metrics.record_request(route_label, status, elapsed, upstream_s, error_code)
-        if "verdicts" in state:
-            self.metrics.record_inspection(state["verdicts"], state.get("stage_ms", {}))
+        if exchange.verdicts:
+            self.metrics.record_inspection(exchange.verdicts, exchange.stage_ms)
         fields = {
             "request_id": logged_id,
-            "tenant": state.get("tenant"),
+            "tenant": exchange.tenant,
             "method": scope["method"],
             "route": route_label,
             "path": scope["path"],
@@ -385,12 +389,12 @@ class RequestTelemetry:
         }
         if error_code:
             fields["error_code"] = error_code
-        if state.get("client_disconnected"):
+        if exchange.client_disconnected:
             fields["client_disconnected"] = True
-        for key in ("trace_id", "policy_version", "policy_digest", "input_verdict", "output_verdict",
-                    "inspect_input_ms", "upstream_attempts"):
-            if key in state:
-                fields[key] = state[key]
+        for name in _LOGGED_WHEN_KNOWN:
+            value = getattr(exchange, name)
+            if value is not None:
+                fields[name] = value
         if failure is not None and not isinstance(failure, asyncio.CancelledError):
             self.log.error("request", **fields, exc_info=failure)
         else:

@@ -36,6 +36,7 @@ from gateway.errors import (
     UPSTREAM_UNREACHABLE,
     GatewayError,
 )
+from gateway.exchange import Exchange
 from gateway.telemetry import Metrics
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
@@ -213,12 +214,13 @@ class UpstreamClient:
         return self._session
 
     async def send(
-        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None, state: dict | None = None
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None,
+        exchange: Exchange | None = None,
     ) -> aiohttp.ClientResponse:
         """Send the request and return once the response headers are in; the caller releases it.
 
         Tries the upstreams in order under their breakers and retries as the module docstring says.
-        When anything but one plain attempt happened, `state["upstream_attempts"]` lists the attempts
+        When anything but one plain attempt happened, `exchange.upstream_attempts` lists the attempts
         (upstream, outcome, milliseconds) for the access log."""
         self.budget.deposit()
         first_started = time.monotonic()
@@ -241,8 +243,8 @@ class UpstreamClient:
                         self.metrics.upstream_retries.labels(failure.reason).inc()
                 await asyncio.sleep(wait)
         finally:
-            if state is not None and (len(attempts) > 1 or attempts and attempts[0]["outcome"] != "ok"):
-                state["upstream_attempts"] = attempts
+            if exchange is not None and (len(attempts) > 1 or attempts and attempts[0]["outcome"] != "ok"):
+                exchange.upstream_attempts = attempts
 
     def _retry_wait(self, position: int, retries: int, not_before: dict[str, float],
                     first_started: float) -> float | None:

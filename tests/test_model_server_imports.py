@@ -9,7 +9,8 @@ import sys
 PROJECT_PACKAGES = ("gateway", "filters", "classifiers", "privacy", "policies")
 
 # What the model server shares with the gateway, each free of moderation code: coded errors, logs and
-# metrics, traces (telemetry's spans), the chat message shape, and reading a request body.
+# metrics, traces (telemetry's spans), the per-request record telemetry keeps (with the verdict type it
+# holds, a module with no imports), the chat message shape, and reading a request body.
 ALLOWED = {
     "gateway",
     "gateway.model_server",
@@ -17,6 +18,8 @@ ALLOWED = {
     "gateway.model_server.engine",
     "gateway.model_server.loading",
     "gateway.errors",
+    "gateway.exchange",
+    "gateway.verdict",
     "gateway.telemetry",
     "gateway.tracing",
     "gateway.openai_messages",

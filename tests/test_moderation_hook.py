@@ -16,6 +16,7 @@ import yaml
 
 from filters.moderation_hook import HookConfig, ModerationClient, ModerationUnavailable, close_sessions
 from gateway.enforcement import Enforcer
+from gateway.exchange import begin_exchange
 from gateway.pipeline import Context, load_pipeline
 from gateway.verdict import Bypass, Verdict
 from policies.schema import PolicyError
@@ -280,10 +281,11 @@ def test_a_bypass_is_kept_whichever_verdict_wins(tmp_path, moderation):
     assert (verdict.action, verdict.rule_id) == ("flag", "in.flagme")
     assert verdict.bypass == Bypass("allow", "HTTP 500")
     assert verdict.bypass.note == "moderation bypassed: HTTP 500 (on_failure: allow)"
-    enforcer, scope = Enforcer(pipeline), {"state": {}}
+    enforcer, scope = Enforcer(pipeline), {}
+    exchange = begin_exchange(scope, "request")
     enforcer.record(scope, "output", Verdict(stage="moderation", bypass=Bypass("allow", "HTTP 500")))
     enforcer.record(scope, "output", Verdict(stage="moderation", scores={"unsafe": 0.2}))
-    kept = scope["state"]["verdicts"]["output"]
+    kept = exchange.verdicts["output"]
     assert kept.scores == {"unsafe": 0.2} and kept.bypass == Bypass("allow", "HTTP 500")
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from gateway.config import ConfigError, RateLimits, load_settings
 from gateway.errors import GatewayError
+from gateway.exchange import begin_exchange
 from gateway.ratelimit import LocalStore, RateLimiter, RedisStore, _duration
 from gateway.telemetry import Metrics
 from gateway.token_estimate import estimate_tokens
@@ -44,7 +45,9 @@ def _limiter(limits: dict, clock: Clock) -> tuple[RateLimiter, LocalStore]:
 async def _exchange(limiter: RateLimiter, tenant: str = "acme", key_id: str | None = None) -> dict:
     """One request through the limiter, as ProxyEndpoint makes it: admission (raises the coded 429),
     a response of 13 tokens, the charge. Returns the x-ratelimit-* headers of the response."""
-    scope = {"state": {"tenant": tenant, "key_id": key_id}}
+    scope: dict = {}
+    exchange = begin_exchange(scope, "request")
+    exchange.tenant, exchange.key_id = tenant, key_id
     sent: list[dict] = []
 
     async def send(message: dict) -> None:
@@ -52,7 +55,7 @@ async def _exchange(limiter: RateLimiter, tenant: str = "acme", key_id: str | No
 
     wrapped = await limiter.admit(scope, send)
     await wrapped({"type": "http.response.start", "status": 200, "headers": []})
-    scope["state"]["tokens"] = {"prompt": 5, "completion": 8}
+    exchange.tokens = {"prompt": 5, "completion": 8}
     await limiter.charge(scope)
     return {name.decode(): value.decode() for name, value in sent[0]["headers"]}
 
