@@ -216,6 +216,20 @@ def request_record(scope: Scope, status: int, elapsed_s: float, known_route: boo
     return record
 
 
+# Records whose texts are longer than this are built (digests, personal data masked) on a thread.
+RECORD_OFF_LOOP_CHARS = 8192
+
+
+def _text_chars(exchange: Exchange) -> int:
+    """How much text a request's record keeps (counted up to the point that matters)."""
+    chars = exchange.completion_chars if exchange.completion_text is None else len(exchange.completion_text)
+    for text in exchange.input_texts or ():
+        chars += len(text)
+        if chars > RECORD_OFF_LOOP_CHARS:
+            break
+    return chars
+
+
 class AuditedSend:
     """Wraps a request's `send`: the status line is held back, and the last message goes out only
     once the request's record is committed."""
@@ -248,8 +262,12 @@ class AuditedSend:
 
     async def _commit(self, status: int) -> bool:
         self.recorded = True
-        record = request_record(self.scope, status, time.perf_counter() - self.started, self.known_route,
-                                self.writer.subject_key)
+        arguments = (self.scope, status, time.perf_counter() - self.started, self.known_route, self.writer.subject_key)
+        if _text_chars(exchange_of(self.scope)) > RECORD_OFF_LOOP_CHARS:
+            # Masking personal data in long texts takes milliseconds per 10K characters: not on the loop.
+            record = await asyncio.to_thread(request_record, *arguments)
+        else:
+            record = request_record(*arguments)
         try:
             await self.writer.commit(record)
         except AuditUnavailable as exc:

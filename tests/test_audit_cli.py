@@ -27,12 +27,14 @@ import httpx
 import psycopg
 import pytest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from gateway.admin_audit import AdminAuditEndpoint
 from gateway.auth import Authenticator
 from gateway.config import ApiKey, Settings
+from gateway.exchange import begin_exchange
 from privacy.audit.record import SubjectKey
 from tests.conftest import WARDGATE, free_port
 from tests.test_errors import assert_coded_error
@@ -520,11 +522,23 @@ def test_admin_audit_refuses_bad_parameters(trail):
     assert admin_audit(trail, limit="1000", since="2026-01-01", until="2100-01-01").status_code == 200
 
 
+class _BeginsExchange:
+    """What the gateway's telemetry middleware does first for every request: its record begins."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            begin_exchange(scope, "test-request")
+        await self.app(scope, receive, send)
+
+
 def test_admin_audit_on_a_gateway_without_an_audit_log():
     """`audit_dsn: none`: the endpoint answers, with nothing in it (in-process: no store is involved)."""
     keys = [ApiKey(id="admin", tenant="t", role="admin", sha256=hashlib.sha256(ADMIN_KEY.encode()).hexdigest())]
     endpoint = AdminAuditEndpoint(Settings(audit_dsn="none", api_keys=keys), Authenticator(keys))
-    app = Starlette(routes=[Route("/admin/audit", endpoint.get)])
+    app = Starlette(routes=[Route("/admin/audit", endpoint.get)], middleware=[Middleware(_BeginsExchange)])
     with TestClient(app) as client:
         answer = client.get("/admin/audit", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         assert answer.status_code == 200
