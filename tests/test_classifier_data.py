@@ -58,6 +58,7 @@ def table_names(md: Path) -> list[str]:
         cell = line.split("|")[1].strip() if line.startswith("| ") else ""
         if not cell.startswith(("en/", "zh/")):
             continue
+        cell = re.sub(r"\s*\([^)]*\)$", "", cell)  # "<Scenario>_n.csv (Crimes_..._en.csv)": an example in brackets
         patterns = [cell.replace("&lt;", "<").replace("&gt;", ">")]
         while any("{" in p for p in patterns):
             expanded = []
@@ -94,8 +95,15 @@ def test_every_source_in_data_md_contributes_examples(examples):
     contributing = {s.split(":")[0] for ex in examples for s in _sources(ex)}
     for lexicon in data.LEXICON_FILES:
         assert lexicon in files, f"excluded lexicon {lexicon} is not in DATA.md any more"
-    missing = [f for f in files if f not in contributing and f not in data.LEXICON_FILES]
+    pending = [re.compile(re.sub(r"<[^>]*>", "[^/]*", re.escape(name).replace(r"\<", "<").replace(r"\>", ">")))
+               for name in data.NOT_YET_READ]
+    missing = [f for f in files if f not in contributing and f not in data.LEXICON_FILES
+               and not any(pattern.fullmatch(f) for pattern in pending)]
     assert not missing, f"sources with no examples: {missing}"
+    named = set(table_names(DATA_DIR / "DATA.md"))
+    assert set(data.NOT_YET_READ) <= named, "a source not yet read is no longer in DATA.md: drop it from the list"
+    assert not [f for f in files if f in contributing and any(pattern.fullmatch(f) for pattern in pending)], \
+        "a source listed as not yet read contributes examples: drop it from NOT_YET_READ"
 
 
 def test_project_written_sets_are_loaded_and_marked(examples):
@@ -392,7 +400,7 @@ def test_counts_table_has_a_row_per_lang_and_label(parts):
 
 def test_labels_md_names_every_source_and_has_current_counts(parts):
     labels_md = REPO / "classifiers" / "LABELS.md"
-    assert set(table_names(labels_md)) >= set(table_names(DATA_DIR / "DATA.md"))
+    assert set(table_names(labels_md)) | set(data.NOT_YET_READ) >= set(table_names(DATA_DIR / "DATA.md"))
     text = labels_md.read_text(encoding="utf-8")
     block = text.split("<!-- counts:begin -->\n", 1)[1].split("<!-- counts:end -->", 1)[0]
     assert block.strip() == data.counts_table(*parts), "run: python -m classifiers.data --update-labels-md"
