@@ -86,7 +86,8 @@ class Enforcer:
         budget.check(request)
         stripped = self._admit_content(request, exchange_of(scope))
         texts = request.texts
-        verdicts = await self.verdicts([text.text for text in texts] + request.joined(), scope, "input")
+        async with budget.turn(request):
+            verdicts = await self.verdicts([text.text for text in texts] + request.joined(), scope, "input")
         # Only a text that is one string of the body can be masked in place: a definition read as one
         # text, or the texts joined, can block or flag the request but not redact it.
         verdicts = [verdict if index < len(texts) and texts[index].one_string else _without_redaction(verdict)

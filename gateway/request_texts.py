@@ -42,6 +42,8 @@ Content the gateway cannot read is listed, not inspected, for the policy to deci
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -126,6 +128,10 @@ class RequestTexts:
             self.texts.append(RequestText(location, text, one_string))
 
 
+# Requests with more text than this to inspect take turns (see InspectionBudget.turn).
+HEAVY_INSPECTION_CHARS = 64 * 1024
+
+
 @dataclass(frozen=True)
 class InspectionBudget:
     """The most a request may ask the input stages to read: characters, messages, texts."""
@@ -133,6 +139,18 @@ class InspectionBudget:
     max_chars: int
     max_messages: int
     max_texts: int
+    # One heavy inspection at a time per process: two clients sending megabyte prompts back to back
+    # would otherwise keep both cores (and the GIL) busy, and every other request would wait for them.
+    _heavy: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1), compare=False, repr=False)
+
+    def turn(self, request: RequestTexts) -> contextlib.AbstractAsyncContextManager[object]:
+        """What a request's inspection runs inside: its turn among the heavy ones, or nothing to wait for."""
+        chars = 0
+        for text in request.texts:
+            chars += len(text.text)
+            if chars > HEAVY_INSPECTION_CHARS:
+                return self._heavy
+        return contextlib.nullcontext()
 
     def check(self, request: RequestTexts) -> None:
         """Raise the coded error (413) for a request beyond the budget: nothing has been inspected yet."""
