@@ -402,11 +402,15 @@ class Blacklist:
         prepare()  # when the policy loads, not on the first request with a non-ASCII character
         prepare_views()
         self._allow = [tuple(matching_form(phrase) for phrase in rule.allow) for rule in rules]
-        literals = [(index, literal) for index, rule in enumerate(rules) for literal in rule.literals]
+        # Each literal in its matching form, computed once: the automaton, pinyin and components use it.
+        literals = []
+        for index, rule in enumerate(rules):
+            for literal in rule.literals:
+                key = matching_form(literal)
+                if not key:
+                    raise RuleError(f"rule {rule.id}: literal {literal!r} is empty once normalised")
+                literals.append((index, key))
         sources = [(index, source) for index, rule in enumerate(rules) for source in rule.regexes]
-        for index, literal in literals:
-            if not matching_form(literal):
-                raise RuleError(f"rule {rules[index].id}: literal {literal!r} is empty once normalised")
         self._compiled = self._compile(literals, self._regexes(sources), reversed_keys=True)
         # A pattern over syllables without literal atoms (too many readings to list) is left out:
         # the text would have to be read as pinyin all through for it.
@@ -433,8 +437,7 @@ class Blacklist:
                  reversed_keys: bool) -> _Compiled:
         keys: dict[str, list[tuple[str, int]]] = {}
         phrases: list[tuple[int, regex.Pattern]] = []
-        for index, literal in literals:
-            key = matching_form(literal)
+        for index, key in literals:
             if _PHRASE.fullmatch(key):
                 self._add_phrase(keys, phrases, key.split(), index)
             else:
@@ -599,11 +602,10 @@ def _carried(match: Match, back: Callable[[int, int], tuple[int, int]], kind: st
 
 
 def _in_pinyin(literals: list[tuple[int, str]], sources: list[tuple[int, str]]) -> list[tuple[int, str]]:
-    """The Chinese literals and regexes of the rules as patterns over pinyin syllables, where they
-    are long enough (`MIN_SYLLABLES`) and made of Chinese characters only."""
+    """The Chinese literals (in their matching form) and regexes of the rules as patterns over pinyin
+    syllables, where they are long enough (`MIN_SYLLABLES`) and made of Chinese characters only."""
     spelled = []
-    for index, literal in literals:
-        key = matching_form(literal)
+    for index, key in literals:
         if all(is_cjk(char) for char in key) and syllable_count(key) >= MIN_SYLLABLES:
             pattern = transliterate(regex.escape(key), spell, is_cjk)
             if pattern is not None:
@@ -623,7 +625,7 @@ def _shortest(source: str) -> int:
 
 
 def _cjk_chars(literals: list[tuple[int, str]], sources: list[tuple[int, str]]) -> set[str]:
-    text = "".join(matching_form(literal) for _, literal in literals) + "".join(fold(source) for _, source in sources)
+    text = "".join(key for _, key in literals) + "".join(fold(source) for _, source in sources)
     return {char for char in text if is_cjk(char)}
 
 
