@@ -25,7 +25,7 @@ from gateway.config import Settings
 from gateway.errors import AUDIT_UNAVAILABLE, GatewayError
 from gateway.exchange import Exchange, exchange_of
 from gateway.openai_schema import completion_texts, stream_event_text
-from gateway.verdict import SEVERITY, Verdict
+from gateway.verdict import Verdict, strongest
 from policies.schema import AuditSettings
 from privacy.audit.record import AuditRecord, SubjectKey, new_record, retain_text, stored_request_id
 from privacy.audit.signing import HmacSigner, Signer, hmac_key_from_file, load_ed25519
@@ -143,7 +143,7 @@ def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
 
 def _decision(verdicts: dict[str, Verdict], status: int, error_code: str | None) -> tuple[str, Verdict | None]:
     """The request's overall decision and the verdict that made it."""
-    deciding = max(verdicts.values(), key=lambda verdict: SEVERITY[verdict.action], default=None)
+    deciding = strongest(list(verdicts.values())) if verdicts else None
     if deciding is not None and deciding.action != "allow":
         return deciding.action, deciding
     if error_code or status >= 400:

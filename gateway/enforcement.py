@@ -138,13 +138,6 @@ class Enforcer:
             verdicts.append(judge.verdict)
         return self._enforce(texts, verdicts, payload, document, "output")
 
-    async def _check(
-        self, texts: list[str], raw: bytes, document: object | None, scope: Scope, direction: Direction
-    ) -> tuple[Verdict, bytes]:
-        verdicts = await self.verdicts(texts, scope, direction)
-        self.record(scope, direction, strongest(verdicts))
-        return self._enforce(texts, verdicts, raw, document, direction)
-
     def _enforce(self, texts: list[str], verdicts: list[Verdict], raw: bytes, document: object | None,
                  direction: Direction) -> tuple[Verdict, bytes]:
         """The verdict over `texts` (one each in `verdicts`): raise the coded error on a block (error
