@@ -35,27 +35,12 @@ async def _read_until_closed(reader: asyncio.StreamReader) -> bytes:
     return received
 
 
-async def _trickle_body(port: int, headers_sent: asyncio.Event, interval_s: float = 0.2) -> bytes:
+async def _trickle_body(port: int, headers_sent: asyncio.Event) -> bytes:
     """A chat request whose body comes a byte at a time, until the server answers and closes (or the
     liveness bound); returns what the server sent."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 1000\r\n\r\n{")
-    await writer.drain()
-    headers_sent.set()
-    answer = asyncio.create_task(_read_until_closed(reader))
-    try:
-        async with asyncio.timeout(LIVENESS_S):
-            while not answer.done():
-                await asyncio.sleep(interval_s)
-                if not writer.is_closing():
-                    writer.write(b" ")
-            return answer.result()
-    except TimeoutError:
-        return b"(no answer)"
-    finally:
-        answer.cancel()
-        writer.close()
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{")
+    return await _send_then_read(port, head, b" ", sent=headers_sent)
 
 
 def _status_and_body(raw: bytes) -> tuple[int | None, dict | None]:
@@ -96,11 +81,15 @@ def strict_gateway(start_gateway, upstream):
                          env={"WARDGATE_HEADER_TIMEOUT_S": "1", "WARDGATE_BODY_TIMEOUT_S": "1"})
 
 
-async def _send_then_read(port: int, data: bytes, then_every_s: bytes = b"", interval_s: float = 0.2) -> bytes:
-    """Send `data`, then `then_every_s` at each interval while the connection lasts; what the server sent
-    until it closed, or '(still open)' at the liveness bound."""
+async def _send_then_read(port: int, data: bytes, then_every_s: bytes = b"", interval_s: float = 0.2,
+                          sent: asyncio.Event | None = None) -> bytes:
+    """Send `data` (then set `sent`), then `then_every_s` at each interval while the connection lasts; what
+    the server sent until it closed, or '(still open)' at the liveness bound."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
+    await writer.drain()
+    if sent is not None:
+        sent.set()
     answer = asyncio.create_task(_read_until_closed(reader))
     try:
         async with asyncio.timeout(LIVENESS_S):
