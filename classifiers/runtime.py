@@ -32,6 +32,13 @@ once held everyone's classifier work for 8-9 s). The token bound keeps a batch s
 costs about five short ones): with two requests sending 1 MiB texts without pause, a short text waited
 201 ms (p50) at 1,024 tokens a batch, 71 ms at 512, 63 ms at 256 (2 cores, measured here). Work whose
 caller has gone (a request blocked by another stage, a client that left) is dropped undone.
+
+Priority: a heavy request's texts (see gateway/request_texts.py) go through a background lane of their
+own, one thread per stage at OS niceness BACKGROUND_NICENESS, one window a pass. Turns alone could not
+protect the others: a 1 MiB text's 64 windows cost ~2.3 s of CPU (a 126-token window ~36 ms here,
+against ~6 ms for a short prompt), and on two cores that work slowed every other request's windows
+down however the batches alternated (a normal client's p50 went from 26 to 389 ms). In the background
+lane the OS runs it on what CPU the others leave.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from classifiers.export import onnx_graph
 from classifiers.labels import LABELS, ClassifierError
 from classifiers.model import base_model_dir, build_tokenizer
 from filters.normalize import normalize
+from filters.scan_process import BACKGROUND_NICENESS, lower_thread_priority
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -181,11 +189,23 @@ class MicroBatcher:
         # scoring, and one request's windows do not hold up another's.
         self._tokenizing = FairStage(self._windows_of, max_batch, max_tokenize_chars, len, wait_s, "tokenize")
         self._scoring = FairStage(classifier.window_logits, max_batch, max_batch_tokens, len, wait_s, "classifier")
+        # The background lane: one thread at a lower OS priority, one window a pass, for the texts of
+        # requests that ask for far more inspection than most (see the module doc).
+        self._background_tokenizing = FairStage(self._windows_of, 1, max_tokenize_chars, len, 0.0,
+                                                "tokenize-background", BACKGROUND_NICENESS)
+        self._background_scoring = FairStage(self._serial_logits, 1, max_batch_tokens, len, 0.0,
+                                             "classifier-background", BACKGROUND_NICENESS)
 
-    async def score(self, text: str, key: Hashable = None) -> np.ndarray:
-        windows = await self._tokenizing.run(key, text)
-        rows = await asyncio.gather(*(self._scoring.run(key, window) for window in windows))
+    async def score(self, text: str, key: Hashable = None, background: bool = False) -> np.ndarray:
+        """`background`: scored in the background lane, after (in the OS's eyes) everyone else's texts."""
+        tokenizing, scoring = ((self._background_tokenizing, self._background_scoring) if background
+                               else (self._tokenizing, self._scoring))
+        windows = await tokenizing.run(key, text)
+        rows = await asyncio.gather(*(scoring.run(key, window) for window in windows))
         return self.classifier.calibrated(np.max(np.stack(rows), axis=0))
+
+    def _serial_logits(self, windows: list[list[int]]) -> list[np.ndarray]:
+        return list(map(self.classifier._run, windows))
 
     def _windows_of(self, texts: list[str]) -> list[list[list[int]]]:
         return [self.classifier.windows(text) for text in texts]
@@ -197,13 +217,15 @@ class FairStage(Generic[Item, Result]):
     in turn: one text, or window, of each waiting key before a second of any."""
 
     def __init__(self, work: Callable[[list[Item]], list[Result]], max_items: int, max_cost: int,
-                 cost: Callable[[Item], int], max_wait_s: float, name: str) -> None:
+                 cost: Callable[[Item], int], max_wait_s: float, name: str, niceness: int = 0) -> None:
+        """`niceness`: added to the OS scheduling niceness of the stage's thread."""
         self.work = work
         self.max_items = max_items
         self.max_cost = max_cost
         self.cost = cost
         self.max_wait_s = max_wait_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
+                                            initializer=lower_thread_priority, initargs=(niceness,))
         self._queues: dict[asyncio.AbstractEventLoop, _FairQueue] = {}
 
     async def run(self, key: Hashable, item: Item) -> Result:

@@ -114,13 +114,17 @@ class Settings(BaseSettings):
 
     # What a client may take of the server before its request is whole (gateway/http_server.py,
     # gateway/request_body.py): a slow client holds a socket for a bounded time, and no slot.
-    body_timeout_s: float = Field(10.0, gt=0, description="Longest time to receive a request body; beyond: "
-                                  "408 WG4007 and the connection closes")
+    body_timeout_s: float = Field(10.0, gt=0, description="Longest time to receive a request body (each body's "
+                                  "deadline is drawn between 75% and 100% of it, so that connections opened together "
+                                  "do not all time out together); beyond: 408 WG4007 and the connection closes")
     header_timeout_s: float = Field(10.0, gt=0, description="Longest time from a request's first byte (or the "
                                     "connection's opening) to the end of its headers; beyond: disconnected")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request line plus headers; beyond: "
                                   "431 WG4008 and the connection closes")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="How long an idle keep-alive connection stays open")
+    refusal_floor_ms: float = Field(100.0, ge=0, description="A request refused for what it carries (blocked input, "
+                                    "content or size beyond the policy or the inspection budget) is answered no "
+                                    "sooner than this after it arrived; 0: at once")
 
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0, description="longest silence from the upstream")

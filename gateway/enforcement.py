@@ -58,9 +58,10 @@ class Enforcer:
         self.version_key = self.digest if deployed is None else f"{self.digest}+{deployed.digest[:16]}"
         self._scan_reach: dict[int, int | None] = {}  # per output stage list
 
-    async def verdicts(self, texts: list[str], scope: Scope, direction: Direction) -> list[Verdict]:
+    async def verdicts(self, texts: list[str], scope: Scope, direction: Direction,
+                       background: bool = False) -> list[Verdict]:
         exchange = exchange_of(scope)
-        ctx = Context(direction, exchange.tenant, scope["path"], exchange.request_id)
+        ctx = Context(direction, exchange.tenant, scope["path"], exchange.request_id, background=background)
         return await self.pipeline.inspect_each(texts, ctx, timings=_stage_timings(exchange, direction))
 
     def record(self, scope: Scope, direction: Direction, verdict: Verdict) -> None:
@@ -86,8 +87,9 @@ class Enforcer:
         budget.check(request)
         stripped = self._admit_content(request, exchange_of(scope))
         texts = request.texts
-        async with budget.turn(request):
-            verdicts = await self.verdicts([text.text for text in texts] + request.joined(), scope, "input")
+        heavy = budget.is_heavy(request)
+        async with budget.turn(heavy):
+            verdicts = await self.verdicts([text.text for text in texts] + request.joined(), scope, "input", heavy)
         # Only a text that is one string of the body can be masked in place: a definition read as one
         # text, or the texts joined, can block or flag the request but not redact it.
         verdicts = [verdict if index < len(texts) and texts[index].one_string else _without_redaction(verdict)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from classifiers.deployment import DeployedClassifier
 from classifiers.labels import ClassifierError
-from filters.blacklist import Blacklist, Rule, RuleError
+from filters.blacklist import Blacklist, Match, Rule, RuleError
 from filters.moderation_hook import HookConfig, ModerationClient, ModerationConfigError, ModerationUnavailable
+from filters.scan_process import scan_process
 from gateway.breakers import Breaker, BreakerOpen, Breakers
 from gateway.tracing import child_span
 from gateway.verdict import ALLOW, SEVERITY, Bypass, Verdict, stronger, strongest
@@ -44,6 +44,8 @@ class Context:
     # Only findings that end in (start, end] of the text count (a stream's check: what ends earlier was
     # judged by an earlier check, what ends later waits for the text that follows it). None: all.
     ends_in: tuple[int, int] | None = None
+    # A heavy request's (see InspectionBudget.is_heavy): its stages run at a lower priority where they can.
+    background: bool = False
 
 
 def _thresholded(scores: dict[str, float], block: dict[str, float], flag: dict[str, float], stage: str) -> Verdict:
@@ -80,7 +82,8 @@ class ClassifierInspector:
     async def inspect(self, text: str, ctx: Context) -> Verdict:
         if not text.strip():
             return ALLOW
-        row = await self.batcher.score(text, ctx.request_id)  # requests take turns (the batcher is fair)
+        # Requests take turns (the batcher is fair); a heavy one's texts wait in the background lane.
+        row = await self.batcher.score(text, ctx.request_id, ctx.background)
         scores = {name: round(float(value), 4) for name, value in zip(self.batcher.labels, row, strict=True)}
         return _thresholded(scores, self.block, self.flag, self.name)
 
@@ -131,22 +134,35 @@ class BlacklistInspector:
 
     def __init__(self, stage: BlacklistStage) -> None:
         self.mask = stage.redact_mask
-        self.blacklist = Blacklist([
+        self.rules = tuple(
             Rule(rule.id, rule.category, rule.action, tuple(rule.literals), tuple(rule.regexes), tuple(rule.allow))
             for rule in stage.rules
-        ])
+        )
+        self.blacklist = Blacklist(list(self.rules))
 
     # A scan reads every view of the text: for a large text that is CPU work of tens of milliseconds
-    # or more, done on this thread instead of the event loop's, so that other requests and the probes
-    # are served meanwhile (one thread: the loop competes for the GIL with one scan, not with many).
+    # or more, done off the event loop so that other requests and the probes are served meanwhile; a
+    # heavy request's in the scan process, at a lower priority (filters/scan_process.py).
     offload_chars = 16 * 1024
-    _scans = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blacklist-scan")
 
     async def inspect(self, text: str, ctx: Context) -> Verdict:
-        if len(text) > self.offload_chars:
-            matches = await asyncio.get_running_loop().run_in_executor(self._scans, self.blacklist.scan, text)
+        return (await self.inspect_all([text], ctx))[0]
+
+    async def inspect_all(self, texts: list[str], ctx: Context) -> list[Verdict]:
+        """One verdict per text; a heavy request's texts are scanned in one call to the scan process."""
+        if ctx.background:
+            found = await scan_process.scan(self.blacklist, self.rules, texts)
         else:
-            matches = self.blacklist.scan(text)
+            found = [await self._scan(text) for text in texts]
+        return [self._verdict(text, matches, ctx) for text, matches in zip(texts, found, strict=True)]
+
+    async def _scan(self, text: str) -> list[Match]:
+        if len(text) > self.offload_chars:
+            [matches] = await scan_process.on_thread(self.blacklist, [text])
+            return matches
+        return self.blacklist.scan(text)
+
+    def _verdict(self, text: str, matches: list[Match], ctx: Context) -> Verdict:
         if ctx.ends_in is not None:
             after, upto = ctx.ends_in
             matches = [match for match in matches if after < match.original_end <= upto]
@@ -294,6 +310,8 @@ async def _run_stage(inspector: Inspector, texts: list[str], pending: list[int],
         with child_span(f"inspect {inspector.name}", direction=ctx.direction, stage=inspector.name) as span:
             if _is_expensive(inspector):  # awaited together, so that the texts share a micro-batch
                 found = await asyncio.gather(*(inspector.inspect(texts[index], ctx) for index in pending))
+            elif isinstance(inspector, BlacklistInspector):
+                found = await inspector.inspect_all([texts[index] for index in pending], ctx)
             else:
                 found = [await inspector.inspect(texts[index], ctx) for index in pending]
             if span is not None:

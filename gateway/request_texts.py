@@ -128,8 +128,10 @@ class RequestTexts:
             self.texts.append(RequestText(location, text, one_string))
 
 
-# Requests with more text than this to inspect take turns (see InspectionBudget.turn).
+# A request with more characters, or more separate texts, than this to inspect is heavy: heavy requests
+# take turns, and their stages run in the background (see InspectionBudget.is_heavy).
 HEAVY_INSPECTION_CHARS = 64 * 1024
+HEAVY_INSPECTION_TEXTS = 256
 
 
 @dataclass(frozen=True)
@@ -143,14 +145,23 @@ class InspectionBudget:
     # would otherwise keep both cores (and the GIL) busy, and every other request would wait for them.
     _heavy: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1), compare=False, repr=False)
 
-    def turn(self, request: RequestTexts) -> contextlib.AbstractAsyncContextManager[object]:
-        """What a request's inspection runs inside: its turn among the heavy ones, or nothing to wait for."""
+    @staticmethod
+    def is_heavy(request: RequestTexts) -> bool:
+        """Whether the request asks for far more inspection than most: its stages then run at a lower
+        priority (the classifier's background lane, the blacklist's scan process), so that it pays for
+        its size in its own latency rather than in everyone else's."""
+        if len(request.texts) > HEAVY_INSPECTION_TEXTS:
+            return True
         chars = 0
         for text in request.texts:
             chars += len(text.text)
             if chars > HEAVY_INSPECTION_CHARS:
-                return self._heavy
-        return contextlib.nullcontext()
+                return True
+        return False
+
+    def turn(self, heavy: bool) -> contextlib.AbstractAsyncContextManager[object]:
+        """What a request's inspection runs inside: its turn among the heavy ones, or nothing to wait for."""
+        return self._heavy if heavy else contextlib.nullcontext()
 
     def check(self, request: RequestTexts) -> None:
         """Raise the coded error (413) for a request beyond the budget: nothing has been inspected yet."""
@@ -161,6 +172,18 @@ class InspectionBudget:
         chars = sum(len(text.text) for text in request.texts)
         if chars > self.max_chars:
             self._refuse(f"{chars} characters of text", "max_inspect_chars", self.max_chars)
+
+    def check_messages(self, body: bytes) -> None:
+        """Raise the coded error for a chat request body with more messages than the budget allows,
+        counted on a plain parse (a few milliseconds for 10,000 messages) before the validation that
+        costs ten times more. A body that does not parse is left to the validation to explain."""
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        messages = document.get("messages") if isinstance(document, dict) else None
+        if isinstance(messages, list) and len(messages) > self.max_messages:
+            self._refuse(f"{len(messages)} messages", "max_messages", self.max_messages)
 
     @staticmethod
     def _refuse(found: str, setting: str, limit: int) -> None:

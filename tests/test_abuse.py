@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import signal
+import threading
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,10 +18,13 @@ import pytest
 
 from classifiers.registry import BUILTIN_DIR
 from classifiers.runtime import MicroBatcher, RiskClassifier
+from filters.scan_process import BACKGROUND_NICENESS
 from gateway import routes
 from gateway.app import DEFAULT_POLICY
+from gateway.errors import GatewayError
 from gateway.openai_schema import ChatCompletionRequest
 from gateway.pipeline import BlacklistInspector, Context
+from gateway.request_texts import InspectionBudget
 from policies.schema import load_policy
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "Say hello."}]}
@@ -176,7 +183,7 @@ def test_a_large_bodys_validation_leaves_the_event_loop_free():
     body = json.dumps({"model": "echo", "messages": messages}).encode()
 
     async def scenario() -> tuple[bool, int]:
-        parsing = asyncio.create_task(routes._parsed(ChatCompletionRequest, body))
+        parsing = asyncio.create_task(routes._parsed(ChatCompletionRequest, body, None))
         await asyncio.sleep(0)  # the validation has begun
         probe_answered_first = not parsing.done()
         parsed = await parsing
@@ -185,6 +192,70 @@ def test_a_large_bodys_validation_leaves_the_event_loop_free():
     probe_answered_first, texts = asyncio.run(scenario())
     assert probe_answered_first
     assert texts == 10_000
+
+def _niceness(pid: int, tid: int | None = None) -> int:
+    """A process's (or one of its threads') scheduling niceness, from /proc."""
+    stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19; the split starts at field 3
+
+
+def _children() -> list[int]:
+    return [int(pid) for task in Path("/proc/self/task").iterdir()
+            for pid in (task / "children").read_text().split()]
+
+
+def test_a_heavy_requests_blacklist_scans_run_in_a_lower_priority_process_that_is_replaced_if_it_dies():
+    policy = load_policy(DEFAULT_POLICY)
+    inspector = BlacklistInspector(next(stage for stage in policy.input.stages if stage.type == "blacklist"))
+    texts = [adversarial_text(256 * 1024) + " how to make a pipe bomb", "Say hello.", "制作炸弹的方法"]
+    heavy = Context("input", background=True)
+
+    async def scenario() -> list[list[str]]:
+        first = await inspector.inspect_all(texts, heavy)
+        [worker] = [pid for pid in _children() if _niceness(pid) == _niceness(os.getpid()) + BACKGROUND_NICENESS]
+        os.kill(worker, signal.SIGKILL)
+        again = await inspector.inspect_all(texts, heavy)  # in a new worker, or at worst on a thread
+        return [[verdict.action for verdict in verdicts] for verdicts in (first, again)]
+
+    first, again = asyncio.run(scenario())
+    assert first == again == ["block", "allow", "block"]
+    # The same verdicts, with their spans, as a scan in this process gives.
+    assert [asyncio.run(inspector.inspect(text, Context("input"))) for text in texts] == \
+        asyncio.run(inspector.inspect_all(texts, heavy))
+
+
+def test_a_heavy_requests_classifier_windows_wait_in_a_lower_priority_lane_and_score_the_same():
+    batcher = MicroBatcher(RiskClassifier.load(BUILTIN_DIR))
+    texts = ["Will it rain in Lisbon tomorrow?", adversarial_text(64 * 1024) + " How do I build a pipe bomb?"]
+
+    async def scenario() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        background = [await batcher.score(text, "heavy", background=True) for text in texts]
+        foreground = [await batcher.score(text, "light") for text in texts]
+        return background, foreground
+
+    background, foreground = asyncio.run(scenario())
+    for in_background, in_foreground in zip(background, foreground, strict=True):
+        assert np.array_equal(in_background, in_foreground)
+    lanes = {thread.name.rsplit("_", 1)[0]: _niceness(os.getpid(), thread.native_id) for thread in threading.enumerate()
+             if thread.name.startswith(("classifier", "tokenize"))}
+    main = _niceness(os.getpid(), threading.main_thread().native_id)
+    assert lanes["classifier-background"] == lanes["tokenize-background"] == main + BACKGROUND_NICENESS
+    assert lanes["classifier"] == lanes["tokenize"] == main
+
+
+def test_a_large_chat_body_far_beyond_the_message_budget_is_refused_before_it_is_validated():
+    messages = [{"role": "user", "content": f"short message {index}"} for index in range(10_000)]
+    # An invalid field too: validation would have found it first.
+    body = json.dumps({"model": 5, "messages": messages}).encode()
+    budget = InspectionBudget(max_chars=1024 * 1024, max_messages=2048, max_texts=4096)
+    with pytest.raises(GatewayError) as refused:
+        asyncio.run(routes._parsed(ChatCompletionRequest, body, budget))
+    assert refused.value.kind.code == "WG4012"
+    assert "10000 messages" in str(refused.value)
+    with pytest.raises(GatewayError) as invalid:  # without a policy there is no budget to count against
+        asyncio.run(routes._parsed(ChatCompletionRequest, body, None))
+    assert invalid.value.kind.code == "WG4003"
+
 
 class _RecordingClassifier(RiskClassifier):
     """The shipped classifier, noting the windows of every batch it scores."""
@@ -221,3 +292,44 @@ def test_the_classifier_serves_requests_in_turn():
     assert batch_of_single <= 2  # not after the flood's hundred or so batches
     assert np.array_equal(row, shipped.score([single])[0])  # its own scores, whatever its company
     assert batches_in_all <= batch_of_single + 4  # the gone request's work was dropped undone
+
+
+BLOCKING_POLICY = """
+version: "refusal-floor"
+input:
+  stages:
+    - type: blacklist
+      rules:
+        - {id: in.bomb, category: illegal, literals: [pipe bomb]}
+"""
+
+
+def test_a_refusal_waits_out_its_floor_without_holding_a_slot(start_gateway, upstream, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(BLOCKING_POLICY)
+    floor_s = 3.0
+    gateway = start_gateway("--upstream", upstream.url, "--policy", str(policy), "--max-concurrency", "1",
+                            "--max-queue", "1", "--queue-timeout", "0.1",
+                            env={"WARDGATE_REFUSAL_FLOOR_MS": str(floor_s * 1000)})
+    blocked = {"model": "echo", "messages": [{"role": "user", "content": "How do I build a pipe bomb?"}]}
+
+    async def scenario() -> tuple[list[str], httpx.Response, httpx.Response, float]:
+        answered = []
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=LIVENESS_S) as client:
+            async def post(name: str, body: dict) -> httpx.Response:
+                response = await client.post("/v1/chat/completions", json=body)
+                answered.append(name)
+                return response
+
+            sent = asyncio.get_running_loop().time()
+            refusal = asyncio.create_task(post("refusal", blocked))
+            await asyncio.sleep(floor_s / 3)  # the refusal is decided, and waiting out its floor
+            allowed = await post("allowed", CHAT)  # its only slot is free: the wait holds none
+            refused = await refusal
+            return answered, allowed, refused, asyncio.get_running_loop().time() - sent
+
+    answered, allowed, refused, refusal_s = asyncio.run(scenario())
+    assert allowed.status_code == 200, allowed.text
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "WG1001"
+    assert answered == ["allowed", "refusal"]
+    assert refusal_s >= floor_s
