@@ -20,8 +20,10 @@ p99(phase)/p99(baseline) (the aim: within 2x), and what the abusive requests wer
 and error code, counted). After the run, the audit records that carry the duplicated ids, against the
 requests sent with them.
 
-The load generator, the abusers and the fake model server share this process: on a small machine they
-compete with the gateway for CPU; compare the phases of one run, not runs across machines.
+The abusers run in a process of their own, so that their work (300 connections waking at once, a
+megabyte to send) does not delay the normal client's requests in its event loop and count against the
+gateway; the normal client and the fake model server share this one. On a small machine they all
+compete with the gateway for CPU: compare the phases of one run, not runs across machines.
 
 Usage::
 
@@ -35,12 +37,14 @@ import argparse
 import asyncio
 import itertools
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +61,7 @@ PHASES = ("baseline", "huge_texts", "slow_uploads", "many_messages", "duplicate_
 NORMAL_TIMEOUT_S = 30.0
 ABUSE_TIMEOUT_S = 60.0
 STARTUP_TIMEOUT_S = 120.0
+ABUSE_SETUP_S = 2.0  # for the abusers' process to build its request bodies before the phase starts
 SLOW_UPLOADS = 300
 SLOW_UPLOAD_INTERVAL_S = 2.0
 MANY_MESSAGES = 10_000
@@ -85,6 +90,14 @@ def huge_text() -> str:
     pairs = HUGE_TEXT_BYTES // 4  # three bytes per character, one per letter
     return "".join(character + letter for character, letter in zip(
         itertools.cycle("请用中文写一段关于天气的说明"), itertools.islice(itertools.cycle("abcdefghij"), pairs)))
+
+
+def numbered(body: bytes) -> Callable[[int], bytes]:
+    """Request `n` of a kind: `body` with its first `#` replaced by n. Built once before the phase,
+    since serialising a megabyte per request in this process would delay the normal client's requests,
+    which share its event loop, and count against the gateway."""
+    head, tail = body.split(b"#", 1)
+    return lambda n: head + str(n).encode() + tail
 
 
 def answer_of(status: int, text: str) -> str:
@@ -171,25 +184,24 @@ async def slow_upload(port: int, phase: Phase, until: float) -> None:
             writer.close()
 
 
-async def abuse(name: str, url: str, port: int, phase: Phase, until: float, abusers: int,
-                duplicate_ids: Counter) -> None:
+def abusive_bodies(name: str) -> Callable[[int], bytes] | None:
     if name == "huge_texts":
-        text = huge_text()
+        return numbered(chat(f"# {huge_text()}", SHORT_ANSWER))
+    if name == "many_messages":
+        return numbered(chat([{"role": "user", "content": f"short message {i} of #"} for i in range(MANY_MESSAGES)],
+                             SHORT_ANSWER))
+    return None
 
+
+async def abuse(name: str, url: str, port: int, phase: Phase, until: float, abusers: int,
+                duplicate_ids: Counter, bodies: Callable[[int], bytes] | None) -> None:
+    if bodies is not None:  # huge_texts, many_messages
         async def send(session: aiohttp.ClientSession, n: int) -> None:
-            body = chat(f"{n} {text}", SHORT_ANSWER)
-            phase.abusive_answers[await post(session, url, body, ABUSE_TIMEOUT_S)] += 1
+            phase.abusive_answers[await post(session, url, bodies(n), ABUSE_TIMEOUT_S)] += 1
 
         await repeat(abusers, until, send)
     elif name == "slow_uploads":
         await asyncio.gather(*(slow_upload(port, phase, until) for _ in range(SLOW_UPLOADS)))
-    elif name == "many_messages":
-        async def send(session: aiohttp.ClientSession, n: int) -> None:
-            body = chat([{"role": "user", "content": f"short message {i} of {n}"} for i in range(MANY_MESSAGES)],
-                        SHORT_ANSWER)
-            phase.abusive_answers[await post(session, url, body, ABUSE_TIMEOUT_S)] += 1
-
-        await repeat(abusers, until, send)
     elif name == "duplicate_ids":
         async def send(session: aiohttp.ClientSession, n: int) -> None:
             request_id = f"duplicate-{n}"
@@ -202,12 +214,38 @@ async def abuse(name: str, url: str, port: int, phase: Phase, until: float, abus
         await repeat(abusers, until, send)
 
 
-async def run_phase(name: str, url: str, port: int, args: argparse.Namespace, duplicate_ids: Counter) -> Phase:
+def abuse_in_process(name: str, url: str, port: int, start: float, until: float,
+                     abusers: int) -> tuple[Counter, Counter]:
+    """Run in the abusers' process: the phase's abuse from `start` to `until` (monotonic clock times,
+    which every process on the machine shares); returns the abusive requests' answers, counted, and
+    the requests sent per duplicated id."""
     phase = Phase(name)
-    until = time.monotonic() + args.phase
-    abusive = asyncio.create_task(abuse(name, url, port, phase, until, args.abusers, duplicate_ids))
+    duplicate_ids: Counter = Counter()
+    bodies = abusive_bodies(name)
+
+    async def run() -> None:
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        await abuse(name, url, port, phase, until, abusers, duplicate_ids, bodies)
+
+    asyncio.run(run())
+    return phase.abusive_answers, duplicate_ids
+
+
+async def run_phase(name: str, url: str, port: int, args: argparse.Namespace, duplicate_ids: Counter,
+                    abusers: ProcessPoolExecutor) -> Phase:
+    phase = Phase(name)
+    start = time.monotonic() + ABUSE_SETUP_S
+    until = start + args.phase
+    abusive = None
+    if name != "baseline":
+        abusive = asyncio.get_running_loop().run_in_executor(
+            abusers, abuse_in_process, name, url, port, start, until, args.abusers)
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
     await normal_client(url, args.rate, phase, until)
-    await abusive  # an abusive request in flight at the end finishes before the next phase starts
+    if abusive is not None:  # an abusive request in flight at the end finishes before the next phase starts
+        answers, sent = await abusive
+        phase.abusive_answers.update(answers)
+        duplicate_ids.update(sent)
     return phase
 
 
@@ -248,9 +286,10 @@ async def measure(url: str, port: int, args: argparse.Namespace) -> tuple[list[P
         if not (await post(session, url, chat(BLOCKED.format(n=-1)), NORMAL_TIMEOUT_S)).startswith("400 WG1001"):
             raise BenchFailed("a blocked request was not refused with WG1001")
     phases = []
-    for name in PHASES:
-        progress(f"phase {name} ({args.phase:g} s)")
-        phases.append(await run_phase(name, url, port, args, duplicate_ids))
+    with ProcessPoolExecutor(1, multiprocessing.get_context("spawn")) as abusers:
+        for name in ("baseline", *args.abuse):
+            progress(f"phase {name} ({args.phase:g} s)")
+            phases.append(await run_phase(name, url, port, args, duplicate_ids, abusers))
     return phases, duplicate_ids
 
 
@@ -259,6 +298,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--phase", type=float, default=20.0, help="seconds per phase")
     parser.add_argument("--rate", type=float, default=20.0, help="normal requests per second")
     parser.add_argument("--abusers", type=int, default=2, help="concurrent abusive clients (huge, many, duplicate)")
+    parser.add_argument("--abuse", nargs="+", choices=PHASES[1:], default=PHASES[1:],
+                        help="the abuse phases to run after the baseline (default: all)")
     return parser.parse_args()
 
 
