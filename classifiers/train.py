@@ -3,6 +3,12 @@
 `full` trains every encoder weight (the base word embeddings stay frozen; the added CJK rows and the
 head train); `lora` trains low-rank adapters on the encoder's linear layers instead (peft), with the
 same added rows and head. Both are run off one loop so that they can be compared on equal terms.
+
+Under torchrun the loop is data parallel (DDP; classifiers/distributed.py): every rank builds the same
+length-bucketed batches from the seed, runs the model on its own disjoint share of each batch, and the
+gradients are averaged across ranks; the loss of a share is weighted by the whole batch's label count,
+so a step is the single process's step on the same batch. `batch_size` is the batch of a step over all
+ranks. Only rank 0 reads and writes the checkpoint, evaluates, writes the artifact and shows progress.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from tqdm import tqdm
 from classifiers.artifact import ArtifactConfig, save_artifact
 from classifiers.card import write_model_card
 from classifiers.data import Example, calibration_split, load_examples, split, training_mix
+from classifiers.distributed import Ranks, process_group
 from classifiers.labels import ClassifierError
 from classifiers.model import LABELS, RiskModel, added_characters, base_model_dir, build_model, build_tokenizer
 from classifiers.scoring import metrics
@@ -47,6 +54,7 @@ class TrainConfig:
     max_calibration_examples: int | None = None
     max_minutes: float | None = None  # stop (and save) after this long
     checkpoint_every: int = 200
+    dropout: float | None = None  # None: the base model's (0.1); 0 makes a run independent of how it is sharded
 
 
 def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -108,9 +116,22 @@ def _apply_lora(model: RiskModel, config: TrainConfig) -> None:
     model.encoder.embeddings.word_embeddings.new_rows.requires_grad_(True)
 
 
-def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
-    """Train into `out` (resuming from its checkpoint if there is one); returns the validation report."""
-    out.mkdir(parents=True, exist_ok=True)
+def _set_dropout(model: torch.nn.Module, probability: float) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):  # BERT's attention reads its probability from here too
+            module.p = probability
+
+
+def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict | None:
+    """Train into `out` (resuming from its checkpoint if there is one); returns the validation report
+    (on rank 0 under torchrun; None on the other ranks)."""
+    with process_group() as ranks:
+        return _train(out, config, data_dir, ranks)
+
+
+def _train(out: Path, config: TrainConfig, data_dir: Path | None, ranks: Ranks) -> dict | None:
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     torch.manual_seed(config.seed)
     examples = load_examples(data_dir)
@@ -132,26 +153,63 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
     model = build_model(base_dir, len(added), config.seed)
     if config.mode == "lora":
         _apply_lora(model, config)
-    optimizer = _optimizer(model, config)
     ids = encode(tokenizer, [example.text for example in mix], config.max_length)
     labels, mask = label_tensors(mix)
-    steps_per_epoch = math.ceil(len(mix) / config.batch_size)
+    step, total_steps = fit(model, ids, labels, mask, config, out / CHECKPOINT, ranks, started)
+    if not ranks.main:
+        return None
+    model.eval()
+    calibration = calibrate(*logits_and_labels(model, tokenizer, calibration_set, config.max_length))
+    report = evaluate(model, tokenizer, valid_set, config.max_length, calibration)
+    report.update(steps=step, total_steps=total_steps, train_examples=len(mix), calibration_examples=len(
+        calibration_set), valid_examples=len(valid_set), added_tokens=len(added),
+        minutes=round((time.monotonic() - started) / 60, 1), processes=ranks.world, backend=ranks.backend,
+        config=asdict(config))
+    (out / "validation.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    model.to("cpu")
+    save_artifact(model, ArtifactConfig(
+        added_characters=added, mode=config.mode, max_length=config.max_length,
+        lora_scale=2.0 if config.mode == "lora" else 1.0,  # lora_alpha / r
+        calibration={name: list(pair) for name, pair in zip(LABELS, calibration, strict=True)}, metrics=report,
+    ), out / "artifact")
+    calibrate_int8(out / "artifact", calibration_set)
+    write_model_card(out / "artifact", report, data_dir, (out / "artifact" / "delta.safetensors").stat().st_size)
+    return report
+
+
+def fit(model: RiskModel, ids: list[list[int]], labels: torch.Tensor, mask: torch.Tensor, config: TrainConfig,
+        checkpoint: Path, ranks: Ranks, started: float) -> tuple[int, int]:
+    """The training loop over encoded examples (`labels` and `mask` one row each): in this process, or
+    as this rank's part of a DDP job. Resumes from `checkpoint` if it exists, saves to it (rank 0), and
+    stops at the planned steps or `config.max_minutes` after `started`. Returns (steps done, planned)."""
+    if config.dropout is not None:
+        _set_dropout(model, config.dropout)
+    ranks.seed_dropout(config.seed)
+    model.to(ranks.device)
+    optimizer = _optimizer(model, config)
+    net = model
+    if ranks.distributed:  # DDP starts every rank from rank 0's weights and averages the gradients
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ranks.device] if ranks.device.type == "cuda" else None)
+    steps_per_epoch = math.ceil(len(ids) / config.batch_size)
     total_steps = max(1, int(steps_per_epoch * config.epochs))
     warmup = max(1, total_steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup))))
     step = 0
-    checkpoint = out / CHECKPOINT
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+    # Rank 0 reads it and sends it to the others: only rank 0 needs to see the output directory.
+    state = ranks.broadcast(torch.load(checkpoint, weights_only=False, map_location="cpu")
+                            if ranks.main and checkpoint.is_file() else None)
+    if state is not None:
         if _training_settings(state["config"]) != _training_settings(asdict(config)):
             raise ValueError(f"{checkpoint} was written with other settings; remove it or use the same ones")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
-        torch.set_rng_state(state["rng"])  # dropout continues as if never interrupted
-    progress = tqdm(total=total_steps, initial=step, desc=f"train ({config.mode})", unit="step")
+        ranks.restore_rng(state)  # dropout continues as if never interrupted
+    progress = tqdm(total=total_steps, initial=step, desc=f"train ({config.mode})", unit="step",
+                    disable=not ranks.main)
     model.train()
     epoch_batches: list[list[int]] = []
     out_of_time = False
@@ -161,40 +219,35 @@ def train(out: Path, config: TrainConfig, data_dir: Path | None = None) -> dict:
             # The order of an epoch depends only on the seed and the epoch: a resumed run sees the same batches.
             epoch_batches = batches([len(row) for row in ids], config.batch_size, random.Random(config.seed + epoch))
         for indexes in epoch_batches[position:]:
-            input_ids, attention = collate(ids, indexes)
-            logits = model(input_ids, attention)
-            losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[indexes], reduction="none")
-            weight = mask[indexes]
-            loss = (losses * weight).sum() / weight.sum().clamp(min=1.0)
-            loss.backward()
+            shard = ranks.shard(indexes)
+            # A rank whose share of a short batch is empty still joins the gradient average, with
+            # one row of weight 0 (its gradient is exactly zero).
+            rows, weight = (shard, mask[shard]) if shard else (indexes[:1], torch.zeros(1, len(LABELS)))
+            input_ids, attention = collate(ids, rows)
+            logits = net(input_ids.to(ranks.device), attention.to(ranks.device))
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, labels[rows].to(ranks.device), reduction="none")
+            # The batch's loss is the sum of the ranks' parts; DDP averages, hence the factor.
+            loss = (losses * weight.to(ranks.device)).sum() / mask[indexes].sum().clamp(min=1.0).to(ranks.device)
+            (loss * ranks.world).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
             out_of_time = config.max_minutes is not None and time.monotonic() - started > config.max_minutes * 60
+            # Every rank must stop at the same step: one late clock stops them all.
+            batch_loss, late = ranks.sum(loss.item(), float(out_of_time))
+            out_of_time = late > 0
+            progress.update(1)
+            progress.set_postfix(loss=f"{batch_loss:.3f}")
             if step % config.checkpoint_every == 0 or step >= total_steps or out_of_time:
-                _save_checkpoint(checkpoint, model, optimizer, scheduler, step, config)
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, step, config, ranks)
             if step >= total_steps or out_of_time:
                 break
     progress.close()
-    model.eval()
-    calibration = calibrate(*logits_and_labels(model, tokenizer, calibration_set, config.max_length))
-    report = evaluate(model, tokenizer, valid_set, config.max_length, calibration)
-    report.update(steps=step, total_steps=total_steps, train_examples=len(mix), calibration_examples=len(
-        calibration_set), valid_examples=len(valid_set), added_tokens=len(added),
-        minutes=round((time.monotonic() - started) / 60, 1), config=asdict(config))
-    (out / "validation.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    save_artifact(model, ArtifactConfig(
-        added_characters=added, mode=config.mode, max_length=config.max_length,
-        lora_scale=2.0 if config.mode == "lora" else 1.0,  # lora_alpha / r
-        calibration={name: list(pair) for name, pair in zip(LABELS, calibration, strict=True)}, metrics=report,
-    ), out / "artifact")
-    calibrate_int8(out / "artifact", calibration_set)
-    write_model_card(out / "artifact", report, data_dir, (out / "artifact" / "delta.safetensors").stat().st_size)
-    return report
+    ranks.barrier()  # every rank's last step is done before rank 0 goes on alone
+    return step, total_steps
 
 
 def calibrate_int8(artifact: Path, calibration_set: list[Example]) -> None:
@@ -214,15 +267,20 @@ def calibrate_int8(artifact: Path, calibration_set: list[Example]) -> None:
 
 
 def _training_settings(config: dict) -> dict:
-    """The settings a checkpoint must agree on to be resumed (not the time budget or the report's size)."""
-    return {key: value for key, value in config.items()
+    """The settings a checkpoint must agree on to be resumed (not the time budget or the report's size);
+    a setting added since the checkpoint was written counts at its default."""
+    return {key: value for key, value in {**asdict(TrainConfig()), **config}.items()
             if key not in ("max_minutes", "max_valid_examples", "max_calibration_examples", "checkpoint_every")}
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: TrainConfig) -> None:
+def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, config: TrainConfig, ranks: Ranks) -> None:
+    rng_by_rank = ranks.gather(ranks.rng_state())  # a collective: every rank comes here at the same step
+    if not ranks.main:
+        return
     temporary = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "rng": torch.get_rng_state(), "config": asdict(config)}, temporary)
+                "step": step, "rng": torch.get_rng_state(), "rng_by_rank": rng_by_rank, "config": asdict(config)},
+               temporary)
     temporary.replace(path)  # a crash while saving leaves the previous checkpoint intact
 
 
@@ -233,9 +291,10 @@ def logits_and_labels(model: RiskModel, tokenizer, examples: list[Example], max_
     ids = encode(tokenizer, [example.text for example in examples], max_length)
     logits = np.zeros((len(examples), len(LABELS)), dtype=np.float32)
     order = sorted(range(len(ids)), key=lambda index: len(ids[index]))
+    device = next(model.parameters()).device
     for start in tqdm(range(0, len(order), batch_size), desc="score", unit="batch"):
         indexes = order[start:start + batch_size]
-        logits[indexes] = model(*collate(ids, indexes)).numpy()
+        logits[indexes] = model(*(tensor.to(device) for tensor in collate(ids, indexes))).cpu().numpy()
     labels, mask = (tensor.numpy() for tensor in label_tensors(examples))
     return logits, labels, mask
 

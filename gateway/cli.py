@@ -539,14 +539,27 @@ def classifier_eval(infile: Path, model: str, quantize: str, threshold: float) -
               help="Times each project-written hard negative (safe text with trigger words) is seen per epoch.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this long (a checkpoint is saved; run again to resume).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Examples per step, over all processes under torchrun.")
+@click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True),
+              help="Dropout probability everywhere in the model (default: the base model's).")
+@click.option("--max-train-examples", type=click.IntRange(min=1), help="Train on a seeded subset (quick comparisons).")
+@click.option("--max-eval-examples", type=click.IntRange(min=1),
+              help="Calibrate and validate on seeded subsets of this size (quick comparisons).")
 def classifier_train(out: Path, data_dir: Path | None, mode: str, epochs: float, seed: int,
-                     hard_negative_repeats: int, max_minutes: float | None) -> None:
-    """Fine-tune the classifier on the public data; reproducible from the seed, resumable."""
+                     hard_negative_repeats: int, max_minutes: float | None, batch_size: int, dropout: float | None,
+                     max_train_examples: int | None, max_eval_examples: int | None) -> None:
+    """Fine-tune the classifier on the public data; reproducible from the seed, resumable. Under
+    `torchrun --nproc-per-node N` the N processes train it together (docs/training.md)."""
     from classifiers.train import TrainConfig, train
 
     config = TrainConfig(mode=mode, epochs=epochs, seed=seed, hard_negative_repeats=hard_negative_repeats,
-                         max_minutes=max_minutes)
+                         max_minutes=max_minutes, batch_size=batch_size, dropout=dropout,
+                         max_train_examples=max_train_examples, max_valid_examples=max_eval_examples,
+                         max_calibration_examples=max_eval_examples)
     report = train(out, config, data_dir)
+    if report is None:
+        return  # a torchrun rank other than 0: rank 0 reports for the job
     for key, value in report.items():
         if isinstance(value, dict) and "auprc" in value:
             click.echo(f"{key:<22} AUPRC {value['auprc']:.3f}  F1 {value['f1']:.3f}  FPR {value['fpr']:.3f}")
