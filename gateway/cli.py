@@ -679,7 +679,9 @@ def classifier_deployed(config_file: Path | None, state_dir: Path | None) -> Non
 def dp_train_cmd(data_file: Path, out: Path, no_dp: bool, config_file: Path | None, state_dir: Path | None,
                  **options) -> None:
     """Fine-tune the classifier with differential privacy (DP-SGD, Opacus) on your own labelled data;
-    the artifact in OUT/artifact states its (epsilon, delta) in its model card and config.json."""
+    the artifact in OUT/artifact states its (epsilon, delta) in its model card and config.json. Under
+    `torchrun --nproc-per-node N` the N processes train it together, with one privacy accountant
+    (docs/training.md)."""
     from classifiers.labels import ClassifierError
     from privacy.dp.train import DPConfig, dp_train
 
@@ -691,6 +693,8 @@ def dp_train_cmd(data_file: Path, out: Path, no_dp: bool, config_file: Path | No
     except KeyboardInterrupt:
         click.echo(f"wardgate: interrupted; run the same command again to resume from {out}", err=True)
         sys.exit(130)
+    if report is None:
+        return  # a torchrun rank other than 0: rank 0 reports and audits for the job
     _record_admin_event(_settings_or_exit(config_file, {"state_dir": state_dir}), "dp_training_completed",
                         artifact=str(out / "artifact"), **{key: value for key, value in report.items()
                                                            if key != "config"})

@@ -8,7 +8,7 @@ settings: the same budget then buys less noise. RDP stays available (`accountant
 
 from __future__ import annotations
 
-from opacus.accountants.utils import create_accountant
+from opacus.accountants.utils import create_accountant, get_noise_multiplier
 
 ACCOUNTANTS = ("prv", "rdp")
 
@@ -35,3 +35,10 @@ def steps_within_budget(noise_multiplier: float, sample_rate: float, delta: floa
         else:
             high = middle
     return low
+
+
+def noise_for_budget(epsilon: float, delta: float, sample_rate: float, epochs: int, accountant: str = "prv") -> float:
+    """The noise multiplier that spends `epsilon` (at `delta`) in `epochs` passes at `sample_rate`: what
+    Opacus's make_private_with_epsilon would pick. Under torchrun only rank 0 asks, for the whole job."""
+    return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, epochs=epochs,
+                                accountant=accountant)

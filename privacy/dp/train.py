@@ -14,12 +14,22 @@ Per-sample clipping: `ghost` (Opacus fast gradient clipping: per-sample gradient
 materialising per-sample gradients) for example-level privacy; `hooks` (per-sample gradients) for
 user-level privacy, where each user's rows are summed into one per-user gradient before clipping,
 which ghost clipping (norms per row only) cannot do.
+
+Under torchrun (classifiers/distributed.py) this is Opacus's distributed DP-SGD: the model is wrapped
+in DifferentiallyPrivateDistributedDataParallel, each rank clips its own units' gradients, the clipped
+sums are added across ranks and rank 0 alone adds the noise, so a step's noise is a single process's.
+Sampling stays Poisson over the whole dataset at the job's sample rate: every rank draws the same
+inclusion mask from one seeded generator (JobPoissonSampler) and keeps the sampled units of its own
+shard, so the ranks' batches are disjoint and together the job's batch. The job has one accountant:
+rank 0 plans the noise for the budget, decides how many steps the budget allows, holds the only
+accountant history, checkpoints it and reports the job's epsilon; the other ranks only compute.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -27,15 +37,17 @@ from pathlib import Path
 
 import torch
 from opacus import PrivacyEngine
+from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
 from opacus.utils.batch_memory_manager import BatchMemoryManager
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
 from classifiers.artifact import ArtifactConfig, load_artifact, read_config, save_artifact
+from classifiers.distributed import Ranks, process_group
 from classifiers.labels import LABELS, ClassifierError
 from classifiers.registry import resolve
 from classifiers.train import collate, encode, label_tensors
-from privacy.dp.accounting import steps_within_budget
+from privacy.dp.accounting import noise_for_budget, steps_within_budget
 from privacy.dp.data import PrivateData, check_delta, default_delta, read_private_data
 from privacy.dp.report import write_dp_model_card
 
@@ -123,7 +135,30 @@ def _merge_user_rows(parameters: list[torch.nn.Parameter], owner: torch.Tensor, 
     and noises per user."""
     for parameter in parameters:
         rows = parameter.grad_sample
-        parameter.grad_sample = torch.zeros(units, *rows.shape[1:], dtype=rows.dtype).index_add_(0, owner, rows)
+        parameter.grad_sample = torch.zeros(units, *rows.shape[1:], dtype=rows.dtype, device=rows.device).index_add_(
+            0, owner.to(rows.device), rows)
+
+
+class JobPoissonSampler:
+    """Poisson sampling for a job of `world` ranks: each step, every unit of the dataset is in the batch
+    with probability `sample_rate`, independently, as for one process (the accountant's assumption).
+    All ranks draw the same mask from generators seeded alike; a rank yields the sampled units of its
+    shard (unit index modulo world), so the ranks' batches are disjoint and together the job's batch.
+    An empty share is yielded too (Opacus's own distributed sampler skips it), so that every rank takes
+    every step and meets the others in each step's gradient sum."""
+
+    def __init__(self, *, total_size: int, sample_rate: float, steps: int, rank: int, world: int,
+                 generator: torch.Generator) -> None:
+        self.total_size, self.sample_rate, self.steps = total_size, sample_rate, steps
+        self.rank, self.world, self.generator = rank, world, generator
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            sampled = (torch.rand(self.total_size, generator=self.generator) < self.sample_rate).nonzero().flatten()
+            yield sampled[sampled % self.world == self.rank].tolist()
 
 
 def _batch_rows(batch):
@@ -150,19 +185,21 @@ def _settings(config: DPConfig) -> dict:
     return {key: value for key, value in asdict(config).items() if key not in _RESUMABLE_CHANGES}
 
 
-def dp_train(data_path: Path, out: Path, config: DPConfig, show_progress: bool = True) -> dict:
+def dp_train(data_path: Path, out: Path, config: DPConfig, show_progress: bool = True) -> dict | None:
     """Fine-tune into `out` (resuming from its checkpoint if there is one); the report, also written
-    into the artifact's config.json metrics and model card."""
+    into the artifact's config.json metrics and model card (on rank 0 under torchrun; None on the
+    other ranks)."""
     with warnings.catch_warnings():
         # Known and stated elsewhere: the noise comes from torch's PRNG (README), and the frozen
         # layers below the trained ones make the backward hooks fire on outputs only.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return _dp_train(data_path, out, config, show_progress)
+        with process_group() as ranks:
+            return _dp_train(data_path, out, config, show_progress, ranks)
 
 
-def _dp_train(data_path: Path, out: Path, config: DPConfig, show_progress: bool) -> dict:
+def _dp_train(data_path: Path, out: Path, config: DPConfig, show_progress: bool, ranks: Ranks) -> dict | None:
     started = time.monotonic()
     data = read_private_data(data_path, config.user_field, config.max_per_user, config.seed)
     unit_name = "user" if config.user_field else "example"
@@ -180,79 +217,109 @@ def _dp_train(data_path: Path, out: Path, config: DPConfig, show_progress: bool)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     dataset = _unit_tensors(data, tokenizer, config.max_length)
 
-    out.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT
-    state = torch.load(checkpoint, weights_only=False) if checkpoint.is_file() else None
+    # Rank 0 reads it and sends it to the others: only rank 0 needs to see the output directory.
+    state = ranks.broadcast(torch.load(checkpoint, weights_only=False, map_location="cpu")
+                            if ranks.main and checkpoint.is_file() else None)
     if state is not None and (state["settings"] != _settings(config) or state["data_sha256"] != data.sha256):
         raise ClassifierError(f"{checkpoint} was written with other settings or data; use the same ones "
                               "(only --epochs may grow) or another --out")
-    torch.manual_seed(config.seed)  # Poisson sampling and dropout
-    noise = torch.Generator().manual_seed(config.seed + 1)
+    torch.manual_seed(config.seed)  # Poisson sampling (one process) and dropout
+    ranks.seed_dropout(config.seed)
+    # Under torchrun only rank 0's noise is added (Opacus's distributed optimizer): it is a single process's.
+    noise = torch.Generator(device=ranks.device).manual_seed(config.seed + 1)
+    sampling = torch.Generator().manual_seed(config.seed)  # the job's Poisson sampling, alike on every rank
+    model.to(ranks.device)  # before Opacus wraps it
+    module = DifferentiallyPrivateDistributedDataParallel(model) if ranks.distributed and config.private else model
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     criterion = MaskedLoss()
     model.train()
     engine = None
     if config.private:
         engine = PrivacyEngine(accountant=config.accountant)
-        common = dict(module=model, optimizer=optimizer, criterion=criterion, max_grad_norm=config.max_grad_norm,
-                      data_loader=DataLoader(dataset, batch_size=config.batch_size), poisson_sampling=True,
-                      grad_sample_mode=mode, noise_generator=noise)
-        if state is None:
-            wrapped = engine.make_private_with_epsilon(target_epsilon=config.epsilon, target_delta=delta,
-                                                       epochs=config.epochs, **common)
-        else:  # the checkpoint's noise: the budget is what it was planned against
-            wrapped = engine.make_private(noise_multiplier=state["noise_multiplier"], **common)
+        planned = DataLoader(dataset, batch_size=config.batch_size)
+        sample_rate = 1 / len(planned)  # what Opacus samples at and accounts with
+        # The checkpoint's noise when resuming: the budget is what it was planned against.
+        noise_multiplier = state["noise_multiplier"] if state is not None else ranks.broadcast(
+            noise_for_budget(config.epsilon, delta, sample_rate, config.epochs, config.accountant)
+            if ranks.main else None)
+        wrapped = engine.make_private(module=module, optimizer=optimizer, criterion=criterion,
+                                      max_grad_norm=config.max_grad_norm, data_loader=planned, poisson_sampling=True,
+                                      grad_sample_mode=mode, noise_generator=noise, noise_multiplier=noise_multiplier)
         if mode == "ghost":
             wrapped_model, optimizer, criterion, loader = wrapped
         else:
             wrapped_model, optimizer, loader = wrapped
-        sample_rate = loader.sample_rate
+        if ranks.distributed:
+            loader = DataLoader(dataset, collate_fn=loader.collate_fn, batch_sampler=JobPoissonSampler(
+                total_size=len(dataset), sample_rate=sample_rate, steps=len(loader), rank=ranks.rank,
+                world=ranks.world, generator=sampling))
+            if not ranks.main:
+                optimizer.attach_step_hook(None)  # the job's one accountant is rank 0's
+    elif ranks.distributed:  # the baseline: plain DDP, each rank a shard of every epoch
+        wrapped_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ranks.device] if ranks.device.type == "cuda" else None)
+        shards = DistributedSampler(dataset, num_replicas=ranks.world, rank=ranks.rank, seed=config.seed)
+        loader = DataLoader(dataset, batch_size=math.ceil(config.physical_batch_size / ranks.world), sampler=shards)
+        sample_rate, noise_multiplier = None, 0.0
     else:
         wrapped_model = model
         loader = DataLoader(dataset, batch_size=config.physical_batch_size, shuffle=True)
-        sample_rate = None
+        sample_rate, noise_multiplier = None, 0.0
     steps_per_epoch = len(loader)
     total_steps = config.epochs * steps_per_epoch
     step = 0
     if state is not None:
         model.load_state_dict(state["trainable"], strict=False)
         (optimizer.original_optimizer if engine else optimizer).load_state_dict(state["optimizer"])
-        if engine:
+        if engine and ranks.main:
             engine.accountant.load_state_dict(state["accountant"])
-        torch.set_rng_state(state["rng"])
-        noise.set_state(state["noise_rng"])
+        ranks.restore_rng(state)
+        if ranks.main:  # the only rank that draws noise
+            noise.set_state(state["noise_rng"])
+        if state.get("sampling_rng") is not None:
+            sampling.set_state(state["sampling_rng"])
         step = state["step"]
-    noise_multiplier = optimizer.noise_multiplier if engine else 0.0
     budget_steps = total_steps
-    if engine:
-        budget_steps = steps_within_budget(noise_multiplier, sample_rate, delta, config.epsilon, total_steps,
-                                           config.accountant)
+    if engine:  # rank 0's decision, for every rank: all stop at the same step
+        budget_steps = ranks.broadcast(steps_within_budget(noise_multiplier, sample_rate, delta, config.epsilon,
+                                                           total_steps, config.accountant) if ranks.main else None)
     limit = min(budget_steps, config.max_steps or budget_steps)
 
     def spent() -> float:
         return float(engine.accountant.get_epsilon(delta)) if engine and step else 0.0
 
     def save() -> None:
+        rng_by_rank = ranks.gather(ranks.rng_state())  # a collective: every rank comes here at the same step
+        if not ranks.main:
+            return
         temporary = checkpoint.with_suffix(".tmp")
-        torch.save({"trainable": {name: parameter.detach().clone() for name, parameter in model.named_parameters()
-                                  if parameter.requires_grad},
+        torch.save({"trainable": {name: parameter.detach().cpu().clone() for name, parameter
+                                  in model.named_parameters() if parameter.requires_grad},
                     "optimizer": (optimizer.original_optimizer if engine else optimizer).state_dict(),
                     "accountant": engine.accountant.state_dict() if engine else None, "step": step,
-                    "noise_multiplier": noise_multiplier, "rng": torch.get_rng_state(), "noise_rng": noise.get_state(),
+                    "noise_multiplier": noise_multiplier, "rng": torch.get_rng_state(),
+                    "rng_by_rank": rng_by_rank, "noise_rng": noise.get_state(),
+                    "sampling_rng": sampling.get_state() if ranks.distributed else None,
                     "settings": _settings(config), "data_sha256": data.sha256}, temporary)
         temporary.replace(checkpoint)  # a crash while saving leaves the previous checkpoint intact
 
     progress = tqdm(total=limit, initial=min(step, limit), desc="dp-train" if engine else "train (no dp)",
-                    unit="step", disable=not show_progress)
+                    unit="step", disable=not show_progress or not ranks.main)
     epsilon_every = max(1, limit // 20)  # the accountant takes ~0.2 s a call
     losses: list[float] = []
     rows_seen, loop_started = 0, time.monotonic()
     while step < limit:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(step // steps_per_epoch)
         batches = BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.physical_batch_size,
                                      optimizer=optimizer) if engine else None
         with batches or contextlib.nullcontext(loader) as physical_batches:
             for batch in physical_batches:
-                input_ids, attention, labels, mask, weight, owner = _batch_rows(batch)
+                input_ids, attention, labels, mask, weight, owner = (
+                    tensor.to(ranks.device) for tensor in _batch_rows(batch))
                 loss = criterion(wrapped_model(input_ids, attention), labels, mask, weight)
                 loss.backward()
                 if config.user_field and engine:  # hooks mode: per-row gradients to merge
@@ -265,9 +332,10 @@ def _dp_train(data_path: Path, out: Path, config: DPConfig, show_progress: bool)
                     continue  # a part of a logical batch: Opacus accumulates it
                 step += 1
                 progress.update(1)
-                postfix = {"loss": f"{sum(losses) / len(losses):.3f}"}
+                loss_sum, loss_count = ranks.sum(sum(losses), len(losses))  # the job's mean loss of the step
+                postfix = {"loss": f"{loss_sum / loss_count:.3f}"}
                 losses.clear()
-                if engine and (step % epsilon_every == 0 or step == limit):
+                if ranks.main and engine and (step % epsilon_every == 0 or step == limit):
                     postfix["eps"] = f"{spent():.3f}"
                 progress.set_postfix(postfix)
                 if step % config.checkpoint_every == 0 or step == limit:
@@ -275,9 +343,16 @@ def _dp_train(data_path: Path, out: Path, config: DPConfig, show_progress: bool)
                 if step >= limit:
                     break
     progress.close()
-    report = _report(config, data, delta, engine, noise_multiplier, sample_rate, step, total_steps, budget_steps,
-                     mode, spent(), time.monotonic() - started)
-    report["examples_per_second"] = round(rows_seen / max(time.monotonic() - loop_started, 1e-9), 2)
+    [rows_seen] = ranks.sum(rows_seen)
+    seconds = time.monotonic() - loop_started
+    ranks.barrier()  # every rank's last step is done before rank 0 goes on alone
+    if not ranks.main:
+        return None
+    report = _report(config, data, delta, engine, noise_multiplier, sample_rate, step, total_steps,
+                     budget_steps, mode, spent(), time.monotonic() - started)
+    report["examples_per_second"] = round(rows_seen / max(seconds, 1e-9), 2)
+    report["processes"], report["backend"] = ranks.world, ranks.backend
+    model.to("cpu")
     _write_artifact(model, stored, base_config, base_dir, out / "artifact", report)
     return report
 
