@@ -32,7 +32,7 @@ held-out kinds each could move. docs/classifier-benchmark.md has the figures of 
 
 Usage::
 
-    .venv/bin/python bench/classifier_quality.py                    # every kind (about 10 minutes on 2 cores)
+    .venv/bin/python bench/classifier_quality.py                    # every kind (12 minutes on 2 shared cores)
     .venv/bin/python bench/classifier_quality.py --kinds zh_offensive,en_jailbreaks --max-rows 500
     .venv/bin/python bench/classifier_quality.py --decisions
 
