@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from classifiers.data import DEFAULT_DATA_DIR, Example, load_examples
 from privacy.audit.store import AuditFilter, open_store
 from tests.fake_upstream import FakeUpstream
 
@@ -169,3 +170,14 @@ def redis_prefix() -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+# The data tests read ../shared/data (DATA.md lists it); where it is not beside the repo they cannot run.
+requires_shared_data = pytest.mark.skipif(not (DEFAULT_DATA_DIR / "DATA.md").exists(),
+                                          reason="shared/data is not beside the repo")
+
+
+@pytest.fixture(scope="session")
+def examples() -> list[Example]:
+    """Every labelled example of ../shared/data, loaded once for the data tests (~20 s)."""
+    return load_examples(DEFAULT_DATA_DIR)

@@ -18,17 +18,13 @@ import numpy as np
 import pytest
 
 from classifiers import data
-from classifiers.data import EVAL_ONLY_MARK, Example, clean_text, load_eval_only, load_examples, split, split_key
+from classifiers.data import EVAL_ONLY_MARK, Example, clean_text, load_eval_only, split, split_key
+from tests.conftest import requires_shared_data
 
+DATA_DIR = data.DEFAULT_DATA_DIR
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "data"
 
-pytestmark = pytest.mark.skipif(not (DATA_DIR / "DATA.md").exists(), reason="shared/data is not beside the repo")
-
-
-@pytest.fixture(scope="module")
-def examples() -> list[Example]:
-    return load_examples(DATA_DIR)
+pytestmark = requires_shared_data
 
 
 @pytest.fixture(scope="module")
