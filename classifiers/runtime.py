@@ -193,7 +193,8 @@ class MicroBatcher:
         # requests that ask for far more inspection than most (see the module doc).
         self._background_tokenizing = FairStage(self._windows_of, 1, max_tokenize_chars, len, 0.0,
                                                 "tokenize-background", BACKGROUND_NICENESS)
-        self._background_scoring = FairStage(self._serial_logits, 1, max_batch_tokens, len, 0.0,
+        # One window a pass: window_logits then runs it on the stage's own (lowered) thread, not the pool.
+        self._background_scoring = FairStage(classifier.window_logits, 1, max_batch_tokens, len, 0.0,
                                              "classifier-background", BACKGROUND_NICENESS)
 
     async def score(self, text: str, key: Hashable = None, background: bool = False) -> np.ndarray:
@@ -203,9 +204,6 @@ class MicroBatcher:
         windows = await tokenizing.run(key, text)
         rows = await asyncio.gather(*(scoring.run(key, window) for window in windows))
         return self.classifier.calibrated(np.max(np.stack(rows), axis=0))
-
-    def _serial_logits(self, windows: list[list[int]]) -> list[np.ndarray]:
-        return list(map(self.classifier._run, windows))
 
     def _windows_of(self, texts: list[str]) -> list[list[list[int]]]:
         return [self.classifier.windows(text) for text in texts]
