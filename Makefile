@@ -3,11 +3,14 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.wardgate-installed
+RUN_STAMP := $(VENV)/.wardgate-installed
+TEST_STAMP := $(VENV)/.wardgate-test-installed
 
-.PHONY: setup deploy-tools run test bench-proxy docs
+.PHONY: setup setup-test deploy-tools run test bench-proxy docs
 
-setup: $(STAMP)
+# `make run` installs what running needs; the test extras (pytest, ruff, mkdocs, ...) come with `make test`.
+setup: $(RUN_STAMP)
+setup-test: $(TEST_STAMP)
 
 # tests/test_deploy.py checks deploy/ with promtool (Debian's prometheus package) and nginx: installed
 # when missing (as root; only `make test` needs them, not `make run`); the services the packages may
@@ -20,21 +23,28 @@ deploy-tools:
 			systemctl disable --now $$service >/dev/null 2>&1 || service $$service stop >/dev/null 2>&1 || true; \
 		done; }
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(TEST_STAMP): $(RUN_STAMP)
 	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
 run: setup
 	$(VENV)/bin/wardgate serve
 
-test: setup deploy-tools
+test: setup-test deploy-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-docs: setup
+# The generated pages: the error catalogue and the configuration and CLI references (tests compare them).
+docs: setup-test
 	$(VENV)/bin/wardgate errors --markdown > docs/errors.md
+	$(PY) -m gateway.reference docs/reference
+	$(VENV)/bin/mkdocs build --strict --site-dir .site
 
-bench-proxy: setup
+bench-proxy: setup-test
 	$(PY) bench/proxy_overhead.py

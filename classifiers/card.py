@@ -21,7 +21,7 @@ KNOWN_GAPS = """\
 - Labels of uncategorised harmful sets (AdvBench, MaliciousInstruct, ...) come from keyword rules;
   a category with no keyword is masked (not trained), never assumed 0.
 - No category for misinformation, privacy or copyright: requests of those kinds score low by design.
-- Measured on public held-out sets for the shipped artifact (README, "Risk classifier"): safe prompts
+- Measured on public held-out sets for the shipped artifact (docs/classifier.md): safe prompts
   with trigger words in a harmless sense (figures of speech, games, fiction, absurd questions about
   groups) are still blocked too often, and persuasion-style jailbreaks (a harmful goal wrapped in
   role-play) are missed too often; Chinese single characters such as 杀 and 炸 weigh heavily.

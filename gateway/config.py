@@ -87,21 +87,26 @@ class Settings(BaseSettings):
     # Whether settings that name each other (rate_limits -> api_keys) are checked against each other.
     check_references: ClassVar[bool] = True
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    host: str = Field("127.0.0.1", description="Address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on")
+    workers: int = Field(1, ge=1, description="Worker processes")
     upstream: str | None = Field(
         None, description="Base URL of the OpenAI-compatible model server; none: start the bundled one"
     )
     bundled_model_dir: Path | None = Field(None, description="Model for the bundled server; none: the demo model")
-    bundled_quantize: Literal["int8", "none"] = "int8"
+    bundled_quantize: Literal["int8", "none"] = Field(
+        "int8", description="Weights of the bundled model server: int8 (quantised) or none (as stored)")
     upstream_api_key: str | None = Field(None, description="Bearer key the gateway sends upstream")
 
-    max_body_bytes: int = Field(1024 * 1024, ge=1)
-    max_upstream_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="non-streamed responses")
-    max_concurrency: int = Field(256, ge=1, description="requests in flight at once")
-    max_queue: int = Field(256, ge=0, description="requests waiting for a slot; beyond this: 429")
-    queue_timeout_s: float = Field(5.0, gt=0)
+    max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body; refused while reading "
+                                "(413 WG4004)")
+    max_upstream_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest non-streamed upstream "
+                                         "response, and largest single SSE event")
+    max_concurrency: int = Field(256, ge=1, description="Requests in flight at once (streams hold "
+                                 "their slot to the end)")
+    max_queue: int = Field(256, ge=0, description="Requests allowed to wait for a slot; "
+                           "beyond: 429 WG5001 with Retry-After")
+    queue_timeout_s: float = Field(5.0, gt=0, description="Longest wait for a slot; beyond: 429 WG5001")
 
     # The inspection budget (gateway/request_texts.py): what one request may ask the input stages to
     # read, refused with 413 WG4012 before any stage runs. The characters are bounded by the body
@@ -126,12 +131,15 @@ class Settings(BaseSettings):
                                     "content or size beyond the policy or the inspection budget) is answered no "
                                     "sooner than this after it arrived; 0: at once")
 
-    connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(60.0, gt=0, description="longest silence from the upstream")
-    total_timeout_s: float = Field(600.0, gt=0, description="longest whole upstream exchange")
-    upstream_pool_size: int = Field(256, ge=1)
+    connect_timeout_s: float = Field(5.0, gt=0, description="Upstream connect timeout")
+    read_timeout_s: float = Field(60.0, gt=0, description="Longest upstream silence, also "
+                                  "between stream chunks; beyond: 504 WG2002")
+    total_timeout_s: float = Field(600.0, gt=0, description="Longest whole upstream exchange, "
+                                   "streams included")
+    upstream_pool_size: int = Field(256, ge=1, description="Pooled upstream connections")
 
-    api_keys: list[ApiKey] = Field(default_factory=list)
+    api_keys: list[ApiKey] = Field(default_factory=list, description="Client keys: a list of `{id, tenant, "
+                                   "sha256, role}`; empty: no authentication")
     policy: str = Field(
         "default", description="Policy file; `default` = the shipped policies/default.yaml, `none` = no inspection"
     )
@@ -148,9 +156,11 @@ class Settings(BaseSettings):
     guard_max_p99_inspect_ms: float = Field(250.0, gt=0, description="Rollback above this p99 inspection time")
     state_dir: Path = Field(
         default_factory=lambda: _default_state_dir(),
-        description="Where local state lives (policy history); default $XDG_STATE_HOME/wardgate",
+        description="Local state: the policy history and the default audit log (SQLite), the audit HMAC and "
+        "subject keys, spill and dead-letter files (files 0600, directories 0700); default $XDG_STATE_HOME/wardgate",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe log "
+                                                                    "lines written")
 
     otel_exporter: Literal["none", "console", "otlp"] = Field(
         "none", description="Where traces go: OTLP over HTTP, the console (stderr), or nowhere"

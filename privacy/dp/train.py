@@ -190,7 +190,7 @@ def dp_train(data_path: Path, out: Path, config: DPConfig, show_progress: bool =
     into the artifact's config.json metrics and model card (on rank 0 under torchrun; None on the
     other ranks)."""
     with warnings.catch_warnings():
-        # Known and stated elsewhere: the noise comes from torch's PRNG (README), and the frozen
+        # Known and stated elsewhere: the noise comes from torch's PRNG (docs/dp.md), and the frozen
         # layers below the trained ones make the backward hooks fire on outputs only.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
