@@ -53,11 +53,14 @@ MAX_RESPONSE_BYTES = 1 << 20
 
 
 class ModerationUnavailable(Exception):
-    """The hook gave no usable answer; `reason` says why in a few words (it reaches the audit log)."""
+    """The service gave no usable answer; `reason` says why in a few words (it reaches the audit log).
+    `code`: `unavailable` (no answer: deadline, connection, HTTP error) or `bad_answer` (an answer that
+    cannot be read): stable, so that a rule id and a dashboard can tell a sick service from a confused one."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str = "unavailable") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
 
 
 class ModerationConfigError(ValueError):
@@ -79,18 +82,18 @@ class HookConfig:
 
 
 class ResponseCache:
-    """An LRU of label scores by text digest, each entry good for `ttl_s`."""
+    """An LRU of answers (label scores, a guard's reading) by text digest, each entry good for `ttl_s`."""
 
     def __init__(self, max_entries: int, ttl_s: float) -> None:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
-        self._entries: OrderedDict[bytes, tuple[float, dict[str, float]]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[float, Any]] = OrderedDict()
 
     @staticmethod
     def key(text: str) -> bytes:
         return hashlib.sha256(normalize(text).text.encode("utf-8", "surrogatepass")).digest()
 
-    def get(self, key: bytes) -> dict[str, float] | None:
+    def get(self, key: bytes) -> Any | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -101,7 +104,7 @@ class ResponseCache:
         self._entries.move_to_end(key)
         return scores
 
-    def put(self, key: bytes, scores: dict[str, float]) -> None:
+    def put(self, key: bytes, scores: Any) -> None:
         self._entries[key] = (time.monotonic() + self.ttl_s, scores)
         self._entries.move_to_end(key)
         if len(self._entries) > self.max_entries:
@@ -131,73 +134,87 @@ async def close_sessions() -> None:
         await session.close()
 
 
-class ModerationClient:
-    def __init__(self, config: HookConfig) -> None:
-        self.config = config
+class ServiceClient:
+    """What every call to a JSON service shares (the moderation hook, a guard model): one deadline that
+    covers the concurrency slot, connecting, sending and reading; a cap on concurrent calls; a bearer
+    token from the environment; a capped response body; every failure as ModerationUnavailable."""
+
+    def __init__(self, url: str, timeout_s: float, max_concurrency: int, auth_env: str | None) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.max_concurrency = max_concurrency
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if config.auth_env is not None:
-            token = os.environ.get(config.auth_env)
+        if auth_env is not None:
+            token = os.environ.get(auth_env)
             if not token:
-                raise ModerationConfigError(f"environment variable {config.auth_env} (auth_env) is not set")
+                raise ModerationConfigError(f"environment variable {auth_env} (auth_env) is not set")
             self.headers["Authorization"] = f"Bearer {token}"
-        self.cache = ResponseCache(config.cache_max_entries, config.cache_ttl_s) if config.cache_max_entries else None
         # Semaphores bind to the loop they first wait on: one per loop, like the session.
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary())
 
-    async def moderate(self, text: str) -> dict[str, float]:
-        """Label scores (0..1) for `text`; raises ModerationUnavailable."""
-        key = self.cache.key(text) if self.cache is not None else None
-        if key is not None and (cached := self.cache.get(key)) is not None:
-            return cached
+    async def call(self, request: Any) -> Any:
+        """POST `request` as JSON; the parsed JSON answer. Raises ModerationUnavailable."""
         try:
-            async with asyncio.timeout(self.config.timeout_s):
+            async with asyncio.timeout(self.timeout_s):
                 async with self._slot():
-                    document = await self._post(self._request_body(text))
+                    return await self._post(orjson.dumps(request))
         except TimeoutError:
-            raise ModerationUnavailable(f"no answer within {self.config.timeout_s:g} s") from None
+            raise ModerationUnavailable(f"no answer within {self.timeout_s:g} s") from None
         except aiohttp.ServerDisconnectedError:
             raise ModerationUnavailable("the service closed the connection") from None
         except aiohttp.ClientConnectionError as exc:
             raise ModerationUnavailable(f"connection failed: {type(exc).__name__}") from None
         except aiohttp.ClientError as exc:  # a malformed HTTP response, a broken body
             raise ModerationUnavailable(f"bad HTTP response: {type(exc).__name__}") from None
-        scores = self._scores(document)
-        if key is not None:
-            self.cache.put(key, scores)
-        return scores
 
     def _slot(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         slot = self._slots.get(loop)
         if slot is None:
-            slot = self._slots[loop] = asyncio.Semaphore(self.config.max_concurrency)
+            slot = self._slots[loop] = asyncio.Semaphore(self.max_concurrency)
         return slot
 
-    def _request_body(self, text: str) -> bytes:
-        if self.config.format == "openai":
-            request: dict[str, Any] = {"input": text}
-            if self.config.model is not None:
-                request["model"] = self.config.model
-            return orjson.dumps(request)
-        return orjson.dumps(fill_template(self.config.request, text))
-
     async def _post(self, body: bytes) -> Any:
-        async with _session().post(self.config.url, data=body, headers=self.headers,
-                                   allow_redirects=False) as response:
+        async with _session().post(self.url, data=body, headers=self.headers, allow_redirects=False) as response:
             if response.status >= 400:
                 raise ModerationUnavailable(f"HTTP {response.status}")
             if response.content_length is not None and response.content_length > MAX_RESPONSE_BYTES:
-                raise ModerationUnavailable("response too large")
+                raise ModerationUnavailable("response too large", "bad_answer")
             raw = bytearray()
             async for chunk in response.content.iter_chunked(65536):
                 raw += chunk
                 if len(raw) > MAX_RESPONSE_BYTES:
-                    raise ModerationUnavailable("response too large")
+                    raise ModerationUnavailable("response too large", "bad_answer")
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise ModerationUnavailable(f"response is not JSON (HTTP {response.status})") from None
+            raise ModerationUnavailable(f"response is not JSON (HTTP {response.status})", "bad_answer") from None
+
+
+class ModerationClient(ServiceClient):
+    def __init__(self, config: HookConfig) -> None:
+        super().__init__(config.url, config.timeout_s, config.max_concurrency, config.auth_env)
+        self.config = config
+        self.cache = ResponseCache(config.cache_max_entries, config.cache_ttl_s) if config.cache_max_entries else None
+
+    async def moderate(self, text: str) -> dict[str, float]:
+        """Label scores (0..1) for `text`; raises ModerationUnavailable."""
+        key = self.cache.key(text) if self.cache is not None else None
+        if key is not None and (cached := self.cache.get(key)) is not None:
+            return cached
+        scores = self._scores(await self.call(self._request(text)))
+        if key is not None:
+            self.cache.put(key, scores)
+        return scores
+
+    def _request(self, text: str) -> Any:
+        if self.config.format == "openai":
+            request: dict[str, Any] = {"input": text}
+            if self.config.model is not None:
+                request["model"] = self.config.model
+            return request
+        return fill_template(self.config.request, text)
 
     def _scores(self, document: Any) -> dict[str, float]:
         if self.config.format == "openai":
@@ -236,12 +253,12 @@ def _number(document: Any, path: str) -> float:
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
-            raise ModerationUnavailable(f"response has no field {path}")
+            raise ModerationUnavailable(f"response has no field {path}", "bad_answer")
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float):
         return float(value)
-    raise ModerationUnavailable(f"response field {path} is not a number")
+    raise ModerationUnavailable(f"response field {path} is not a number", "bad_answer")
 
 
 def openai_scores(document: Any) -> dict[str, float]:
@@ -250,7 +267,7 @@ def openai_scores(document: Any) -> dict[str, float]:
     result = results[0] if isinstance(results, list) and results else None
     categories = result.get("categories") if isinstance(result, dict) else None
     if not isinstance(categories, dict):
-        raise ModerationUnavailable("response has no results.0.categories")
+        raise ModerationUnavailable("response has no results.0.categories", "bad_answer")
     category_scores = result.get("category_scores")
     if not isinstance(category_scores, dict):
         category_scores = {}

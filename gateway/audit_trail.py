@@ -131,6 +131,9 @@ def note_stream(exchange: Exchange, text: str | None, events: list[bytes]) -> No
 
 # -- the record -------------------------------------------------------------------------------------
 
+# A verdict's guard model escalations kept in full (a long stream can have one per window).
+MAX_AUDITED_ESCALATIONS = 16
+
 def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
     fields = {"action": verdict.action, "stage": verdict.stage, "rule_id": verdict.rule_id,
               "category": verdict.category, "score": verdict.score, "view": verdict.view}
@@ -138,6 +141,9 @@ def _verdict_fields(verdict: Verdict) -> dict[str, Any]:
         fields["scores"] = verdict.scores
     if verdict.bypass is not None:
         fields["note"] = verdict.bypass.note
+    if verdict.escalations:  # what a guard model was asked and answered; a long stream's first ones, and a count
+        fields["escalations"] = [escalation.fields() for escalation in verdict.escalations[:MAX_AUDITED_ESCALATIONS]]
+        fields["escalation_count"] = len(verdict.escalations)
     return {name: value for name, value in fields.items() if value is not None}
 
 

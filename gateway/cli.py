@@ -490,16 +490,92 @@ def _score_all(scorer, texts: list[str], batch: int = 32):
 @click.option("-o", "--out", "outfile", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @_MODEL_OPTION
 @_QUANTIZE_OPTION
-def classifier_score(infile: Path, outfile: Path, model: str, quantize: str) -> None:
+@click.option("--cascade", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Judge each text with this policy's stages instead (a guard model cascade included): "
+                   "one {action, rule_id, without_guard, escalations} line per input, and a summary of the "
+                   "share escalated and the guard's verdicts.")
+@click.option("--direction", type=click.Choice(["input", "output"]), default="input", show_default=True,
+              help="With --cascade: which of the policy's stage lists judges the texts.")
+def classifier_score(infile: Path, outfile: Path, model: str, quantize: str, policy_file: Path | None,
+                     direction: str) -> None:
     """Score each line's "text" of INFILE (JSONL); one {"unsafe", "categories"} line per input, in order."""
     from classifiers.scoring import score_line
 
     rows = _rows_or_exit(infile)  # every line checked before anything is written
+    if policy_file is not None:
+        _score_cascade(rows, outfile, _pipeline_or_exit(policy_file), direction)
+        return
     scores = _score_all(_classifier_or_exit(model, quantize), [row.text for row in rows])
     temporary = outfile.with_name(f".{outfile.name}.partial")
     temporary.write_text("".join(score_line(row) + "\n" for row in scores), encoding="utf-8")
     temporary.replace(outfile)
     click.echo(f"{len(rows)} lines scored into {outfile}", err=True)
+
+
+def _score_cascade(rows: list, outfile: Path, pipeline: Pipeline, direction: str, chunk: int = 64) -> None:
+    """Each row's text through the pipeline, as the gateway would judge it; the lines, then a summary:
+    the share escalated to a guard model, its verdicts and latency, and the decisions with and without it
+    (with their accuracy where every row has an `unsafe` truth)."""
+    import asyncio
+    import statistics
+
+    import orjson
+
+    from filters.moderation_hook import close_sessions
+    from gateway.pipeline import Context
+    from gateway.verdict import strongest
+
+    async def judge_all() -> list:
+        try:
+            found = []
+            for start in range(0, len(rows), chunk):  # a bounded number of texts in flight
+                by_stage: list = []
+                texts = [row.text for row in rows[start:start + chunk]]
+                verdicts = await pipeline.inspect_each(texts, Context(direction), by_stage=by_stage)
+                found += zip(verdicts, by_stage, strict=True)
+            return found
+        finally:
+            await close_sessions()
+
+    judged = asyncio.run(judge_all())
+    lines, without = [], []
+    for verdict, stages in judged:
+        alone = strongest([found for name, found in stages.items() if name != "guard_model"])
+        without.append(alone.action)
+        line = {"action": verdict.action, "rule_id": verdict.rule_id, "without_guard": alone.action}
+        if verdict.escalations:
+            line["escalations"] = [escalation.fields() for escalation in verdict.escalations]
+        lines.append(orjson.dumps(line).decode())
+    temporary = outfile.with_name(f".{outfile.name}.partial")
+    temporary.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    temporary.replace(outfile)
+
+    escalations = [escalation for verdict, _ in judged for escalation in verdict.escalations]
+    escalated = sum(1 for verdict, _ in judged if any(found.enforced for found in verdict.escalations))
+    sampled = sum(1 for verdict, _ in judged if any(not found.enforced for found in verdict.escalations))
+    total = len(judged)
+    click.echo(f"texts: {total}")
+    click.echo(f"escalated: {escalated} of {total} ({100 * escalated / total:.1f}%)"
+               + (f"; calibration samples: {sampled}" if sampled else ""))
+
+    def counts(values: list[str]) -> str:
+        return ", ".join(f"{value} {values.count(value)}" for value in sorted(set(values))) or "none"
+
+    click.echo(f"guard verdicts: {counts([escalation.verdict for escalation in escalations])}")
+    latencies = sorted(escalation.ms for escalation in escalations if escalation.ms is not None)
+    if latencies:
+        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        click.echo(f"guard latency: p50 {statistics.median(latencies):.1f} ms, p99 {p99:.1f} ms")
+    cascade = [verdict.action for verdict, _ in judged]
+    click.echo(f"decisions without guard: {counts(without)}")
+    click.echo(f"decisions with the cascade: {counts(cascade)}")
+    click.echo(f"changed by the guard: {sum(1 for a, b in zip(without, cascade, strict=True) if a != b)}")
+    if all("unsafe" in row.truth for row in rows):  # a detection is any action but allow
+        def accuracy(actions: list[str]) -> float:
+            return sum((action != "allow") == bool(row.truth["unsafe"])
+                       for action, row in zip(actions, rows, strict=True)) / total
+        click.echo(f"accuracy on unsafe: without guard {accuracy(without):.3f}, cascade {accuracy(cascade):.3f}")
+    click.echo(f"{total} lines judged into {outfile}", err=True)
 
 
 @classifier.command("eval")

@@ -183,7 +183,9 @@ class CompletionJudge:
         self.enforcer = enforcer
         self.scope = scope
         exchange = exchange_of(scope)
-        self.ctx = Context("output", exchange.tenant, scope["path"], exchange.request_id)
+        # A completion is judged with its prompt: a guard model reads them together.
+        prompt = "\n\n".join(exchange.input_texts) if exchange.input_texts else None
+        self.ctx = Context("output", exchange.tenant, scope["path"], exchange.request_id, prompt=prompt)
         self.holdback = enforcer.holdback(self.ctx)
         self.verdict = ALLOW  # of what has settled
         self.blocked: Verdict | None = None  # the block that settled: the completion is refused

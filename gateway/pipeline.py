@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from classifiers.deployment import DeployedClassifier
 from classifiers.labels import ClassifierError
 from filters.blacklist import Blacklist, Match, Rule, RuleError
+from filters.guard_model import DEFAULT_SAFEGUARD_POLICY, SHIELDGEMMA_HARM_TYPES, GuardClient, GuardConfig
 from filters.moderation_hook import HookConfig, ModerationClient, ModerationConfigError, ModerationUnavailable
 from filters.scan_process import scan_process
 from gateway.breakers import Breaker, BreakerOpen, Breakers
 from gateway.tracing import child_span
-from gateway.verdict import ALLOW, SEVERITY, Bypass, Verdict, stronger, strongest
+from gateway.verdict import ALLOW, SEVERITY, Bypass, Escalation, Verdict, stronger, strongest
 from policies.schema import (
     BlacklistStage,
     ClassifierStage,
     Direction,
     GoldenTest,
+    GuardModelStage,
     ModerationStage,
     Policy,
     PolicyError,
@@ -46,6 +50,12 @@ class Context:
     ends_in: tuple[int, int] | None = None
     # A heavy request's (see InspectionBudget.is_heavy): its stages run at a lower priority where they can.
     background: bool = False
+    # For a completion: the prompt it answers (the texts the model read, joined), which a guard model
+    # judges it with.
+    prompt: str | None = None
+    # The verdicts of the stages that ran before on this text, by stage name (for a stage that reads them:
+    # a guard model's cascade).
+    earlier: Mapping[str, Verdict] | None = None
 
 
 def _thresholded(scores: dict[str, float], block: dict[str, float], flag: dict[str, float], stage: str) -> Verdict:
@@ -127,6 +137,99 @@ class ModerationInspector:
                            bypass=bypass)
         return _thresholded({label: round(score, 4) for label, score in scores.items()}, self.block, self.flag,
                             self.name)
+
+
+class GuardModelInspector:
+    """A guard model (filters/guard_model), asked about a text when the cascade says so: an earlier
+    stage's score inside a band of `when`, a calibration `sample`, or always. Every escalation and
+    the guard's answer ride on the verdict (the audit record and metrics show them); a calibration
+    sample's answer is recorded only. No usable answer: `on_failure` decides, as for the moderation hook."""
+
+    name = "guard_model"
+    expensive = True  # a network call: a stream asks it once per hold-back window
+    reads_earlier = True  # runs after the stages before it, never alongside them: it reads their scores
+
+    def __init__(self, stage: GuardModelStage, breaker: Breaker | None = None) -> None:
+        self.stage = stage
+        self.breaker = breaker
+        self.label = f"guard_model.{stage.family}"
+        cache = stage.cache
+        self.client = GuardClient(GuardConfig(
+            url=stage.url, family=stage.family, model=stage.model, timeout_s=stage.timeout_s,
+            max_concurrency=stage.max_concurrency, cache_max_entries=cache.max_entries if cache is not None else 0,
+            cache_ttl_s=cache.ttl_s if cache is not None else 0.0, auth_env=stage.auth_env,
+            max_tokens=stage.max_tokens, policy=stage.policy or DEFAULT_SAFEGUARD_POLICY,
+            harm_types=tuple(stage.harm_types or SHIELDGEMMA_HARM_TYPES), threshold=stage.threshold,
+        ))
+
+    def trigger(self, text: str, earlier: Mapping[str, Verdict]) -> tuple[str, float | None] | None:
+        """Why the text goes to the guard, and the earlier score behind it; None: it does not."""
+        stage = self.stage
+        for name, bands in (stage.when or {}).items():
+            scores = earlier[name].scores if name in earlier else None
+            for label, (low, high) in bands.items():
+                score = scores.get(label) if scores else None
+                if score is not None and low <= score <= high:
+                    return f"band:{name}.{label}", score
+        unsafe = next((verdict.scores["unsafe"] for verdict in earlier.values()
+                       if verdict.scores and "unsafe" in verdict.scores), None)
+        if stage.sample is not None and sampled(text, stage.sample):
+            return "sample", unsafe
+        if stage.when is None and stage.sample is None:
+            return "always", unsafe
+        return None
+
+    async def inspect(self, text: str, ctx: Context) -> Verdict:
+        if not text.strip():
+            return ALLOW
+        found = self.trigger(text, ctx.earlier or {})
+        if found is None:
+            return ALLOW
+        trigger, score = found
+        enforced = trigger != "sample"
+        prompt = None
+        if ctx.direction == "output" and ctx.prompt and self.stage.max_prompt_chars:
+            prompt = ctx.prompt[-self.stage.max_prompt_chars:]
+        guard = self.breaker.guard(failure_types=(ModerationUnavailable,)) if self.breaker is not None \
+            else contextlib.nullcontext()
+        started = time.perf_counter()
+        try:
+            async with guard:  # an open breaker answers at once instead of waiting for a sick guard
+                answer, cached = await self.client.judge(text, prompt)
+        except (ModerationUnavailable, BreakerOpen) as exc:
+            elapsed = round((time.perf_counter() - started) * 1000, 3)
+            if isinstance(exc, ModerationUnavailable):
+                code, reason = exc.code, exc.reason
+            else:
+                code, reason = "unavailable", f"circuit breaker open (retry in {exc.retry_after_s:.0f} s)"
+            escalation = (Escalation(self.label, trigger, score, "failed", ms=elapsed, enforced=enforced),)
+            if not enforced:  # a calibration sample decides nothing, failed or not
+                return Verdict(stage=self.name, escalations=escalation)
+            bypass = Bypass(self.on_failure, f"{reason} ({self.name}.{code})", self.name)
+            if self.on_failure == "allow":
+                return Verdict(stage=self.name, bypass=bypass, escalations=escalation)
+            return Verdict(self.on_failure, "guard_model_unavailable", None, f"{self.name}.{code}", self.name,
+                           bypass=bypass, escalations=escalation)
+        escalation = (Escalation(self.label, trigger, score, answer.verdict, answer.label, answer.category,
+                                 answer.refusal, None if cached else round((time.perf_counter() - started) * 1000, 3),
+                                 enforced),)
+        action = {"safe": "allow", "unsafe": self.stage.unsafe, "controversial": self.stage.controversial}[
+            answer.verdict]
+        if not enforced or action == "allow":
+            return Verdict(stage=self.name, escalations=escalation)
+        return Verdict(action, answer.label, answer.score, f"{self.name}.{answer.label}", self.name,
+                       escalations=escalation)
+
+    @property
+    def on_failure(self) -> str:
+        return self.stage.on_failure
+
+
+def sampled(text: str, share: float) -> bool:
+    """Whether `text` is in a calibration sample of `share`: by its digest, so that the same text is
+    always in or out (offline measurement and the gateway agree, and the cache stays useful)."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2 ** 64
 
 
 class BlacklistInspector:
@@ -227,6 +330,9 @@ class Pipeline:
             # One breaker per service, shared by every stage and policy version that calls it.
             breaker = self.breakers.get(f"moderation:{stage.url}") if self.breakers is not None else None
             return ModerationInspector(stage, breaker)
+        if isinstance(stage, GuardModelStage):
+            breaker = self.breakers.get(f"guard_model:{stage.url}") if self.breakers is not None else None
+            return GuardModelInspector(stage, breaker)
         raise TypeError(f"no inspector for stage {stage!r}")
 
     @property
@@ -255,7 +361,8 @@ class Pipeline:
 
     def _stage_runs(self, ctx: Context, stages: str) -> list[tuple[Inspector, ...]]:
         """The inspectors to run, in policy order, cut into runs: a cheap stage alone, adjacent
-        expensive ones together (they run concurrently)."""
+        expensive ones together (they run concurrently), except that a stage that reads the earlier
+        stages' verdicts starts a run of its own."""
         inspectors = self._inspectors(ctx)
         key = (id(inspectors), stages)
         runs = self._runs.get(key)
@@ -265,7 +372,7 @@ class Pipeline:
                 expensive = _is_expensive(inspector)
                 if (stages == "cheap" and expensive) or (stages == "expensive" and not expensive):
                     continue
-                if expensive and runs and _is_expensive(runs[-1][-1]):
+                if expensive and runs and _is_expensive(runs[-1][-1]) and not _reads_earlier(inspector):
                     runs[-1] += (inspector,)
                 else:
                     runs.append((inspector,))
@@ -273,25 +380,31 @@ class Pipeline:
         return runs
 
     async def inspect_each(self, texts: list[str], ctx: Context, stages: str = "all",
-                           timings: dict[str, float] | None = None) -> list[Verdict]:
+                           timings: dict[str, float] | None = None,
+                           by_stage: list[dict[str, Verdict]] | None = None) -> list[Verdict]:
         """One verdict per text, the strongest of its stages' (the earlier stage's on a tie; an
         allow that carries scores beats a bare one). A text already blocked skips later stages.
         Adjacent expensive stages run concurrently, and the first block among them cancels the
         others still running (the request is blocked either way; which block is reported can then
         depend on which came first). `stages`: "all", or only the "cheap" or the "expensive" ones
-        (streams run them apart). `timings`: milliseconds spent per stage are added to it."""
+        (streams run them apart). `timings`: milliseconds spent per stage are added to it. `by_stage`:
+        given (empty), it receives each text's verdict of every stage that ran on it, by stage name."""
         verdicts = [ALLOW] * len(texts)
+        seen: list[dict[str, Verdict]] = [{} for _ in texts]
         for run in self._stage_runs(ctx, stages):
             pending = [index for index, verdict in enumerate(verdicts) if verdict.action != "block"]
             if not pending:
                 break
             if len(run) == 1:
-                founds = [await _run_stage(run[0], texts, pending, ctx, timings)]
+                founds = [(run[0], await _run_stage(run[0], texts, pending, ctx, timings, seen))]
             else:
-                founds = await _race(run, texts, pending, ctx, timings)
-            for found in founds:  # in policy order, so that the earlier stage wins a tie
+                founds = await _race(run, texts, pending, ctx, timings, seen)
+            for inspector, found in founds:  # in policy order, so that the earlier stage wins a tie
                 for index, verdict in zip(pending, found, strict=True):
                     verdicts[index] = stronger(verdicts[index], verdict)
+                    seen[index][inspector.name] = verdict
+        if by_stage is not None:
+            by_stage.extend(seen)
         return verdicts
 
     async def inspect(self, texts: list[str], ctx: Context) -> Verdict:
@@ -302,13 +415,21 @@ def _is_expensive(inspector: Inspector) -> bool:
     return getattr(inspector, "expensive", False)
 
 
+def _reads_earlier(inspector: Inspector) -> bool:
+    return getattr(inspector, "reads_earlier", False)
+
+
 async def _run_stage(inspector: Inspector, texts: list[str], pending: list[int], ctx: Context,
-                     timings: dict[str, float] | None) -> list[Verdict]:
-    """One stage on the pending texts, timed (even when cancelled) and in a span of its own."""
+                     timings: dict[str, float] | None, seen: list[dict[str, Verdict]]) -> list[Verdict]:
+    """One stage on the pending texts, timed (even when cancelled) and in a span of its own. `seen`:
+    each text's verdicts so far by stage, for a stage that reads them."""
     started = time.perf_counter()
     try:
         with child_span(f"inspect {inspector.name}", direction=ctx.direction, stage=inspector.name) as span:
-            if _is_expensive(inspector):  # awaited together, so that the texts share a micro-batch
+            if _reads_earlier(inspector):
+                found = await asyncio.gather(*(inspector.inspect(texts[index], replace(ctx, earlier=seen[index]))
+                                               for index in pending))
+            elif _is_expensive(inspector):  # awaited together, so that the texts share a micro-batch
                 found = await asyncio.gather(*(inspector.inspect(texts[index], ctx) for index in pending))
             elif isinstance(inspector, BlacklistInspector):
                 found = await inspector.inspect_all([texts[index] for index in pending], ctx)
@@ -324,11 +445,12 @@ async def _run_stage(inspector: Inspector, texts: list[str], pending: list[int],
 
 
 async def _race(run: tuple[Inspector, ...], texts: list[str], pending: list[int], ctx: Context,
-                timings: dict[str, float] | None) -> list[list[Verdict]]:
+                timings: dict[str, float] | None,
+                seen: list[dict[str, Verdict]]) -> list[tuple[Inspector, list[Verdict]]]:
     """Stages run concurrently; the first that blocks a text cancels the others still running.
     Returns the verdicts of the stages that finished, in policy order. A stage that raises cancels
     the others and its error propagates (as it would have run alone)."""
-    tasks = [asyncio.ensure_future(_run_stage(inspector, texts, pending, ctx, timings)) for inspector in run]
+    tasks = [asyncio.ensure_future(_run_stage(inspector, texts, pending, ctx, timings, seen)) for inspector in run]
     try:
         running = set(tasks)
         while running:
@@ -339,7 +461,7 @@ async def _race(run: tuple[Inspector, ...], texts: list[str], pending: list[int]
         for task in tasks:
             task.cancel()  # no-op on a finished task
         await asyncio.gather(*tasks, return_exceptions=True)  # their timings are in before we return
-    return [task.result() for task in tasks if not task.cancelled()]
+    return [(inspector, task.result()) for inspector, task in zip(run, tasks, strict=True) if not task.cancelled()]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.exchange import Exchange, begin_exchange
 from gateway.tracing import RequestSpan, tracing_enabled
+from gateway.verdict import Escalation
 
 # Masks personal data and secrets in a text (filters.pii.redact_pii for the gateway).
 Redact = Callable[[str], str]
@@ -169,6 +170,22 @@ class Metrics:
             "direction and what the stage's on_failure made of it (block, allow, flag).",
             ["direction", "outcome"], registry=self.registry,
         )
+        # Guard model cascades (gateway/pipeline.py GuardModelInspector). The escalation rate of a direction is
+        # wardgate_guard_escalations_total over wardgate_decisions_total of that direction.
+        self.guard_escalations = Counter(
+            "wardgate_guard_escalations_total", "Texts a guard model was asked about, by direction, trigger (band, "
+            "sample, always) and the guard's verdict (safe, unsafe, controversial, failed).",
+            ["direction", "trigger", "verdict"], registry=self.registry,
+        )
+        self.guard_duration = Histogram(
+            "wardgate_guard_duration_seconds", "A guard model's latency per escalated text (cache hits excluded).",
+            ["direction"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.guard_agreement = Counter(
+            "wardgate_guard_agreement_total", "Escalations by what the earlier stage's score said at 0.5 (unsafe, "
+            "safe, none when it measured none) and what the guard said: the cascade's confusion matrix.",
+            ["direction", "earlier", "guard"], registry=self.registry,
+        )
         self.stage_duration = Histogram(
             "wardgate_stage_duration_seconds", "Time a request spent in each inspection stage.",
             ["direction", "stage"], buckets=LATENCY_BUCKETS, registry=self.registry,
@@ -245,9 +262,19 @@ class Metrics:
             decision.inc()
             if verdict.bypass is not None:
                 self.moderation_bypass.labels(direction, verdict.bypass.outcome).inc()
+            for escalation in verdict.escalations:
+                self._record_escalation(direction, escalation)
         for direction, stages in stage_ms.items():
             for stage, milliseconds in stages.items():
                 self.stage_duration.labels(direction, stage).observe(milliseconds / 1000)
+
+    def _record_escalation(self, direction: str, escalation: Escalation) -> None:
+        self.guard_escalations.labels(direction, escalation.trigger.split(":")[0], escalation.verdict).inc()
+        if escalation.ms is not None:
+            self.guard_duration.labels(direction).observe(escalation.ms / 1000)
+        if escalation.verdict != "failed":
+            earlier = "none" if escalation.score is None else "unsafe" if escalation.score >= 0.5 else "safe"
+            self.guard_agreement.labels(direction, earlier, escalation.verdict).inc()
 
     # AuditObserver: what the audit writer reports.
     def committed(self, records: int, seconds: float) -> None:

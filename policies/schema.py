@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from classifiers.labels import LABELS
+from filters.guard_model import FAMILIES, SHIELDGEMMA_HARM_TYPES
 from filters.moderation_hook import OPENAI_LABELS, template_has_text
 from filters.normalize import normalize
 from policies.yaml_source import YamlDocument, YamlSourceError, line_of, parse_yaml
@@ -121,23 +122,16 @@ class ModerationCache(BaseModel):
     ttl_s: Annotated[float, Field(gt=0)] = 300
 
 
-class ModerationStage(BaseModel):
-    """An external moderation service (filters/moderation_hook): thresholds work as the classifier's;
-    `on_failure` says what a text gets when the service gives no usable answer."""
+class ServiceStage(BaseModel):
+    """What every stage that calls a service has: where, how long it may take, how many calls at once, a
+    cache, a token, and `on_failure`: what a text gets when the service gives no usable answer."""
 
     model_config = _STRICT
-    type: Literal["moderation"]
     url: Annotated[str, Field(min_length=1)]
-    format: Literal["openai", "webhook"] = "openai"
-    model: Annotated[str, Field(min_length=1)] | None = None  # openai only
-    request: dict[str, Any] | None = None  # webhook only: the JSON template, `{text}` in its strings
-    response: dict[Label, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)  # webhook only
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
     cache: ModerationCache | None = None
     auth_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
-    block: dict[Label, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: {"unsafe": 0.5})
-    flag: dict[Label, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     on_failure: Literal["block", "allow", "flag"] = "block"
 
     @field_validator("url")
@@ -153,8 +147,20 @@ class ModerationStage(BaseModel):
     def _auth_env_set(cls, name: str | None) -> str | None:
         # Checked when the policy loads, so that a missing secret stops the load, not every request.
         if name is not None and not os.environ.get(name):
-            raise ValueError(f"environment variable {name} is not set (the moderation service's token)")
+            raise ValueError(f"environment variable {name} is not set (the service's token)")
         return name
+
+
+class ModerationStage(ServiceStage):
+    """An external moderation service (filters/moderation_hook): thresholds work as the classifier's."""
+
+    type: Literal["moderation"]
+    format: Literal["openai", "webhook"] = "openai"
+    model: Annotated[str, Field(min_length=1)] | None = None  # openai only
+    request: dict[str, Any] | None = None  # webhook only: the JSON template, `{text}` in its strings
+    response: dict[Label, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)  # webhook only
+    block: dict[Label, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: {"unsafe": 0.5})
+    flag: dict[Label, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _format_fields(self) -> ModerationStage:
@@ -179,8 +185,47 @@ class ModerationStage(BaseModel):
         return self
 
 
-Stage = Annotated[BlacklistStage | ClassifierStage | ModerationStage, Field(discriminator="type")]
-STAGE_TYPES = ("blacklist", "classifier", "moderation")
+Band = tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]
+# The stages whose scores a guard model's `when` can read.
+SCORING_STAGES = ("classifier", "moderation")
+
+
+class GuardModelStage(ServiceStage):
+    """A guard model behind an OpenAI-compatible chat endpoint (filters/guard_model). With `when`, it is
+    asked only about texts that an earlier stage scored inside a band (a cascade: the classifier's
+    uncertain middle); with `sample`, also about that share of all texts, for calibration (recorded,
+    not enforced); with neither, about every text."""
+
+    type: Literal["guard_model"]
+    family: Literal[FAMILIES]
+    model: Annotated[str, Field(min_length=1)]  # the name the server serves the guard under
+    when: dict[Literal[SCORING_STAGES], Annotated[dict[Label, Band], Field(min_length=1)]] | None = None
+    sample: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 16
+    unsafe: Literal["block", "flag"] = "block"
+    controversial: Literal["block", "flag", "allow"] = "flag"  # qwen3guard's middle tier
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] | None = None
+    # A response is judged with its prompt: the prompt's last characters, up to this many.
+    max_prompt_chars: Annotated[int, Field(ge=0, le=1_000_000)] = 4000
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.5  # shieldgemma: P(Yes) that violates
+    harm_types: list[Literal[SHIELDGEMMA_HARM_TYPES]] | None = None  # shieldgemma; default: all four
+    policy: Annotated[str, Field(min_length=1)] | None = None  # gpt_oss_safeguard; default: ours
+
+    @model_validator(mode="after")
+    def _family_fields(self) -> GuardModelStage:
+        if self.harm_types is not None and self.family != "shieldgemma":
+            raise ValueError("`harm_types` is for family: shieldgemma")
+        if self.policy is not None and self.family != "gpt_oss_safeguard":
+            raise ValueError("`policy` is for family: gpt_oss_safeguard (the others have a fixed taxonomy)")
+        for stage, bands in (self.when or {}).items():
+            for label, (low, high) in bands.items():
+                if low > high:
+                    raise ValueError(f"when.{stage}.{label}: the band [{low}, {high}] is empty (low > high)")
+        return self
+
+
+Stage = Annotated[BlacklistStage | ClassifierStage | ModerationStage | GuardModelStage, Field(discriminator="type")]
+STAGE_TYPES = ("blacklist", "classifier", "moderation", "guard_model")
 
 
 class DirectionStages(BaseModel):
@@ -438,10 +483,28 @@ def load_policy(path: Path) -> Policy:
             message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
             lines.append(f"{path}:{line_of(document.root, loc)}: {field}: {message}")
         raise PolicyError("\n".join(lines)) from None
+    _check_cascades(policy, path, document.root)
     _include_rule_sets(policy, path, document.root)
     policy._sources = ((_absolute(path), data), *_read_lexicons(policy, path, document.root))
     _resolve_classifier_models(policy, path, document.root)
     return policy
+
+
+def _check_cascades(policy: Policy, path: Path, root: yaml.Node | None) -> None:
+    """Refuse a guard model whose `when` names a stage that does not run before it in its list: it
+    reads the scores of the stages that ran before it."""
+    problems = []
+    for location, stages in policy.stage_lists():
+        for index, stage in enumerate(stages):
+            if isinstance(stage, GuardModelStage) and stage.when:
+                missing = sorted(set(stage.when) - {before.type for before in stages[:index]})
+                if missing:
+                    loc = [*location, index, "when"]
+                    problems.append(f"{path}:{line_of(root, loc)}: {'.'.join(map(str, loc))}: names "
+                                    f"{', '.join(missing)}, which no earlier stage of this list is: a guard "
+                                    "model reads the scores of the stages that ran before it")
+    if problems:
+        raise PolicyError("\n".join(problems))
 
 
 def _include_rule_sets(policy: Policy, path: Path, root: yaml.Node | None) -> None:
