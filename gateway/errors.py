@@ -57,16 +57,24 @@ POLICY_BLOCKED_INPUT = _register(ErrorKind(
     "WG1001", "policy_blocked_input", 400, "policy_violation",
     "The request was blocked by the content policy.",
     "A rule of the active policy's input stages matched the prompt; `rule_id` names it. Nothing was "
-    "sent to the model.",
+    "sent to the model. A stage that gave no usable answer, where its `on_failure` is `block`, blocks "
+    "with a stable rule id: `moderation.unavailable`; `guard_model.unavailable` (the guard model did not "
+    "answer in time, failed, or its circuit breaker is open) or `guard_model.bad_answer` (it answered in "
+    "none of its family's formats).",
     "Rephrase the request. Operators: `wardgate policy test` shows what the rule matches; adjust the "
-    "policy file (allow-list exceptions, per-tenant overrides) if the block is wrong.",
+    "policy file (allow-list exceptions, per-tenant overrides) if the block is wrong. For "
+    "`guard_model.*` and `moderation.unavailable`: check the service (its breaker is on `/metrics`, the "
+    "reason in the audit record's note).",
 ))
 POLICY_BLOCKED_OUTPUT = _register(ErrorKind(
     "WG1002", "policy_blocked_output", 400, "policy_violation",
     "The model's answer was blocked by the content policy.",
     "A rule of the active policy's output stages matched the completion; `rule_id` names it. In a "
-    "stream this arrives as a final SSE error event followed by `data: [DONE]`.",
-    "Rephrase the request. Operators: see `wardgate policy test` and the policy file's output stages.",
+    "stream this arrives as a final SSE error event followed by `data: [DONE]`. A stage that failed "
+    "closed has the rule ids of WG1001.",
+    "Rephrase the request. Operators: see `wardgate policy test` and the policy file's output stages; "
+    "for `guard_model.*` and `moderation.unavailable`, the service's health, its breaker on `/metrics`, "
+    "and the audit record's note.",
 ))
 
 UPSTREAM_UNREACHABLE = _register(ErrorKind(
