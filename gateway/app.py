@@ -94,8 +94,11 @@ def create_app(settings: Settings) -> Starlette:
         # Python; the event loop then waits up to the switch interval each time it wants it back.
         # 0.5 ms instead of 5 ms keeps other requests moving while a huge prompt is inspected.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        structlog.get_logger("wardgate").info("started", upstream=settings.upstream,
-                                               auth="api_keys" if settings.api_keys else "off")
+        # The last line of a quiet start: where to send a first request.
+        listening = f"http://{settings.host}:{settings.port}"
+        structlog.get_logger("wardgate").info(
+            "started", upstream=settings.upstream, auth="api_keys" if settings.api_keys else "off",
+            policy=settings.policy, listening=listening, first_request=f"curl -s {listening}/v1/models")
         try:
             yield
         finally:

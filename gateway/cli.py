@@ -186,14 +186,16 @@ def model_server(ctx: click.Context, model_dir: Path | None, log_level: str, hos
         return
     if model_dir is None:
         raise click.UsageError("--model DIR is required (or create one: wardgate model-server init-demo DIR)")
-    import uvicorn
-
     from filters.pii import redact_pii
-    from gateway.model_server.app import ModelServerSettings, create_model_server_app
     from gateway.telemetry import configure_logging
 
-    # The server imports no moderation code; the CLI gives it the gateway's masking of personal data.
-    configure_logging(log_level, redact_pii)
+    # Before the server's imports: transformers reads its verbosity when it is first imported. The
+    # server imports no moderation code; the CLI gives it the gateway's masking of personal data.
+    configure_logging(log_level, redact_pii, component="model-server")
+    import uvicorn
+
+    from gateway.model_server.app import ModelServerSettings, create_model_server_app
+
     app = create_model_server_app(ModelServerSettings(model_dir=model_dir, **options), redact_request_id=redact_pii)
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
                 access_log=False, server_header=False, lifespan="on")

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.exchange import Exchange, begin_exchange
+from gateway.log_filters import OPERATOR_FIELDS, LibraryChatterToDebug, quiet_libraries
 from gateway.tracing import RequestSpan, tracing_enabled
 from gateway.verdict import Escalation
 
@@ -45,8 +46,8 @@ def _orjson_text(event: dict, **_: object) -> str:
 
 # Fields that hold identifiers the gateway made or checked, never free text. (A request id is the
 # client's text: the access line carries it masked already, other lines have it masked here.)
-_NOT_TEXT = frozenset({"event", "timestamp", "level", "logger", "trace_id", "route", "method",
-                       "status", "tenant", "latency_ms", "upstream_ms", "error_code", "policy_digest"})
+_NOT_TEXT = frozenset({"event", "timestamp", "level", "logger", "trace_id", "route", "method", "status", "tenant",
+                       "latency_ms", "upstream_ms", "error_code", "policy_digest", *OPERATOR_FIELDS})
 
 
 class RedactPersonalData:
@@ -68,14 +69,23 @@ class RedactPersonalData:
         return event
 
 
-def configure_logging(level: str, redact: Redact) -> None:
+def configure_logging(level: str, redact: Redact, component: str | None = None) -> None:
+    """JSON lines on stdout for structlog and the standard library alike. `component` is added to
+    every line (the bundled model server's say so, beside the gateway's in one console)."""
     redact_personal_data = RedactPersonalData(redact)
     numeric_level = logging.getLevelName(level.upper())
+    quiet_libraries(numeric_level)
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if component is not None:
+        def add_component(_: object, __: str, event: dict) -> dict:
+            event["component"] = component
+            return event
+
+        shared.append(add_component)
     structlog.configure(
         processors=[
             *shared,
@@ -89,6 +99,7 @@ def configure_logging(level: str, redact: Redact) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(LibraryChatterToDebug(numeric_level))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

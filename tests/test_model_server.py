@@ -254,6 +254,30 @@ def test_gateway_without_upstream_serves_the_bundled_model(start_gateway, demo_d
         time.sleep(0.1)
 
 
+def test_a_gateway_with_the_bundled_model_starts_quietly(start_gateway, demo_dir, tmp_path):
+    """One console, two processes: every line is JSON, the model server's say so, the libraries'
+    warnings and progress bars stay out, the operator's own addresses are not masked as personal
+    data, and the gateway's start line says where to send a first request."""
+    model_dir = tmp_path / "quiet-demo"
+    shutil.copytree(demo_dir, model_dir)
+    gateway = start_gateway("--model", str(model_dir))
+    assert httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, timeout=60).status_code == 200
+    gateway.stop()
+    raw = [line for line in gateway.log_path.read_text().splitlines() if line.strip()]
+    lines = [json.loads(line) for line in raw if line.startswith("{")]
+    assert len(lines) == len(raw), [line for line in raw if not line.startswith("{")]
+    assert [line for line in lines if line["level"] not in ("info", "debug")] == []
+    assert [line for line in lines if line.get("logger") not in (None, "uvicorn.error")] == []
+    model_server = [line for line in lines if line.get("component") == "model-server"]
+    assert {line["event"] for line in model_server} >= {"model serving"}
+    assert not any(line["event"].startswith(("Started server", "Uvicorn running")) for line in lines)
+    started = next(line for line in lines if line["event"] == "started")
+    assert "component" not in started
+    assert started["upstream"].startswith("http://127.0.0.1:")
+    assert started["listening"] == gateway.url
+    assert started["first_request"] == f"curl -s {gateway.url}/v1/models"
+
+
 @pytest.mark.parametrize(
     "joiner_prompt", ["Hi", "请用 Python 实现快速排序。Explain how a reverse proxy forwards requests."]
 )

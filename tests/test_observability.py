@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+
+import pytest
 
 from tests.conftest import free_port
 from tests.test_errors import CHAT
@@ -65,3 +70,31 @@ def test_client_disconnect_is_logged_as_499(start_gateway, upstream):
         time.sleep(0.05)
         statuses = [line["status"] for line in gateway.log_lines() if line.get("route") == "/v1/chat/completions"]
     assert statuses == [499]
+
+
+LIBRARY_CHATTER = """
+import logging, warnings
+from gateway.telemetry import configure_logging
+configure_logging({level!r}, lambda text: text)
+warnings.warn("a library's deprecation", FutureWarning)
+logging.getLogger("onnxruntime").warning("a library's advice")
+logging.getLogger("onnxruntime").error("a library's error")
+logging.getLogger("uvicorn.error").info("Started server process [1]")
+logging.getLogger("uvicorn.error").warning("Invalid HTTP request received.")
+"""
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_library_warnings_reach_the_console_only_when_debugging(level):
+    printed = subprocess.run([sys.executable, "-c", LIBRARY_CHATTER.format(level=level)], capture_output=True,
+                             text=True, timeout=60, check=True)
+    lines = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert printed.stderr == ""
+
+    def levels(text: str) -> list[str]:
+        return [line["level"] for line in lines if text in line["event"]]
+
+    assert levels("a library's error") == ["error"]
+    assert levels("Invalid HTTP request received.") == ["warning"]
+    for chatter in ("a library's deprecation", "a library's advice", "Started server process"):
+        assert levels(chatter) == (["debug"] if level == "debug" else [])
