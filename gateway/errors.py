@@ -302,6 +302,14 @@ GENERATION_FAILED = _register(ErrorKind(
     "traceback and keeps serving other requests.",
     "Retry; if it persists, look at the model server's log for the traceback.",
 ))
+EMBEDDINGS_NOT_SERVED = _register(ErrorKind(
+    "WG6005", "embeddings_not_served", 404, "invalid_request_error",
+    "This model server does not serve embeddings.",
+    "The bundled model server generates text with a causal language model; `/v1/embeddings` asks for "
+    "vectors, which it does not make. The gateway passed the request on after inspecting it.",
+    "Send embedding requests to a model server that serves an embedding model (vLLM, TEI, Ollama), with "
+    "the gateway in front of it.",
+))
 INTERNAL_ERROR = _register(ErrorKind(
     "WG9001", "internal_error", 500, "server_error",
     "The gateway failed unexpectedly; the failure is logged under this request id.",

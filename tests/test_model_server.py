@@ -245,6 +245,11 @@ def test_gateway_without_upstream_serves_the_bundled_model(start_gateway, demo_d
     assert response.status_code == 200
     assert response.json()["model"] == model_dir.name
     assert httpx.get(gateway.url + "/readyz").status_code == 200
+    # Inspected, forwarded, and refused by the model server in its own words, not as a missing route.
+    embeddings = httpx.post(gateway.url + "/v1/embeddings", json={"model": model_dir.name, "input": "hello"})
+    assert embeddings.status_code == 404
+    assert embeddings.json()["error"]["code"] == "WG6005"
+    assert embeddings.json()["error"]["message"] == "This model server does not serve embeddings."
     children = set(_processes_mentioning(str(model_dir))) - {gateway.process.pid}
     assert len(children) == 1
     gateway.stop()

@@ -1,7 +1,8 @@
 """The bundled model server: an OpenAI-compatible ASGI app around one `GenerationEngine`.
 
 Routes: /v1/chat/completions, /v1/completions (both with `stream: true`), /v1/models, /v1/batch
-(many prompts, one call, one batch), POST /admin/model (hot swap), /healthz, /readyz, /metrics.
+(many prompts, one call, one batch), POST /admin/model (hot swap), /healthz, /readyz, /metrics;
+/v1/embeddings answers a coded "not served" (a causal LM makes no embeddings here).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 
 from gateway.errors import (
     ADMIN_UNAUTHORIZED,
+    EMBEDDINGS_NOT_SERVED,
     GENERATION_FAILED,
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -319,6 +321,11 @@ class Routes:
              "quantization": engine.loaded.quantize, "device": engine.loaded.device},
         ]})
 
+    async def embeddings(self, request: Request) -> Response:
+        # A coded answer of this server's own, which the gateway passes through as it is, instead
+        # of a 404 that reads as if the gateway had no such route.
+        raise GatewayError(EMBEDDINGS_NOT_SERVED)
+
     async def swap_model(self, request: Request) -> Response:
         token = self.server.settings.admin_token
         if token is not None:
@@ -432,6 +439,7 @@ def create_model_server_app(settings: ModelServerSettings, redact_request_id: Re
         Route("/v1/completions", routes.completions, methods=["POST"]),
         Route("/v1/batch", routes.batch, methods=["POST"]),
         Route("/v1/models", routes.models, methods=["GET"]),
+        Route("/v1/embeddings", routes.embeddings, methods=["POST"]),
         Route("/admin/model", routes.swap_model, methods=["POST"]),
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/readyz", routes.readyz, methods=["GET"]),
