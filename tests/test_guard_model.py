@@ -125,12 +125,11 @@ def test_shieldgemma_without_logprobs_reads_the_word(guard):
     assert (answer.verdict, answer.label, answer.score) == ("unsafe", "hate", 1.0)
 
 
-@pytest.mark.parametrize("family", ["qwen3guard", "llama_guard", "shieldgemma", "gpt_oss_safeguard"])
-@pytest.mark.parametrize("behaviour", ["malformed", "refusing", "unknown-category", "empty"])
+@pytest.mark.parametrize(("family", "behaviour"), [
+    (family, behaviour) for family in MODELS for behaviour in ("malformed", "refusing", "unknown-category", "empty")
+    if (family, behaviour) != ("shieldgemma", "unknown-category")])  # ShieldGemma answers Yes or No, no category
 def test_an_unexpected_answer_is_a_coded_failure_never_a_crash(guard, family, behaviour):
     guard.behaviour = behaviour
-    if family == "shieldgemma" and behaviour == "unknown-category":
-        pytest.skip("ShieldGemma answers Yes or No: it names no category")
     [failure] = judge(config(guard, family), (UNSAFE_TEXT, None))
     assert isinstance(failure, ModerationUnavailable) and failure.code == "bad_answer", failure
 
