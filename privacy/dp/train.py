@@ -395,7 +395,8 @@ def _write_artifact(model, stored: list[str], base_config: ArtifactConfig, base_
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in stored)
     save_artifact(model, ArtifactConfig(
-        added_characters=base_config.added_characters, mode="full", max_length=base_config.max_length,
+        added_characters=base_config.added_characters, kept_pieces=base_config.kept_pieces, base=base_config.base,
+        mode="full", max_length=base_config.max_length,
         calibration=base_config.calibration, calibration_int8=base_config.calibration_int8,
         metrics={"dp_training": report}), out)
     read_config(out)  # what the gateway will read back
