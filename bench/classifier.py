@@ -67,20 +67,17 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import BenchFailed, percentile, progress, ratio, stop, warn_invalid  # bench/harness.py
+from harness import BenchFailed, free_port, http, percentile, progress, ratio, running, warn_invalid  # bench/
 from harness import wait_ready as harness_wait_ready
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -310,41 +307,9 @@ async def micro_batch(classifier, texts: list[str], warmup_s: float, duration_s:
 # Part 4: through the gateway
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pinned(cpus: frozenset[int]) -> Callable[[], None]:
-    return lambda: os.sched_setaffinity(0, cpus)
-
-
-
-@contextmanager
-def running(cmd: Sequence[str], log: Path, cpus: frozenset[int], env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """A server for the duration of the block, in its own process group; always torn down."""
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                cwd=cwd, preexec_fn=pinned(cpus), start_new_session=True)
-    try:
-        yield proc
-    finally:
-        stop(proc)
-
-
-def http(method: str, url: str, body: bytes | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    harness_wait_ready(proc, lambda: http("GET", url)[0] == 200, log, READY_TIMEOUT_S, BenchFailed)
+    harness_wait_ready(proc, lambda: http("GET", url, timeout_s=REQUEST_TIMEOUT_S)[0] == 200, log, READY_TIMEOUT_S,
+                       BenchFailed)
 
 
 def chat_body(text: str) -> bytes:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -59,6 +60,40 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def pinned(cpus: frozenset[int]) -> Callable[[], None]:
+    # Set in the child before exec, so that every process it forks (nginx and uvicorn workers)
+    # inherits the affinity.
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+@contextmanager
+def running(cmd: Sequence[str], log: Path, cpus: frozenset[int] | None = None, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A server for the duration of the block, its output in `log`, pinned to `cpus` if given, in
+    its own session (Ctrl-C in the terminal reaches only the benchmark, and `stop` ends the whole
+    group); always torn down."""
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd, preexec_fn=pinned(cpus) if cpus is not None else None,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+         timeout_s: float = 10.0) -> tuple[int, str]:
+    """One request: its status and body, an HTTP error status included (a connection error raises)."""
+    request = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
 def log_tail(log: Path, lines: int = 15) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
@@ -94,15 +129,10 @@ def wardgate_serving(args: list[str], log: Path, timeout_s: float,
     """`wardgate serve ARGS` on a free port, its output in `log`; yields its URL once /readyz answers
     (BenchFailed if it does not) and stops it, and all it started, at the end of the block."""
     port = free_port()
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen([str(WARDGATE_BIN), "serve", "--port", str(port), *args], stdin=subprocess.DEVNULL,
-                                stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
+    with running([str(WARDGATE_BIN), "serve", "--port", str(port), *args], log, env=env) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_ready(proc, lambda: http_ok(url + "/readyz"), log, timeout_s, BenchFailed)
         yield url
-    finally:
-        stop(proc)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -61,20 +61,17 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from harness import percentile, progress, ratio, stop, warn_invalid  # bench/harness.py, next to this script
+from harness import free_port, http_ok, percentile, progress, ratio, running, warn_invalid  # bench/harness.py
 from harness import wait_ready as harness_wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -165,12 +162,6 @@ Results = dict[str, dict[int, Point]]
 # -- processes -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def make_demo_model(directory: Path) -> Path:
     done = subprocess.run([str(WARDGATE_BIN), "model-server", "init-demo", str(directory)],
                           capture_output=True, text=True)
@@ -186,28 +177,10 @@ def model_server(config: ServerConfig, model_dir: Path, log: Path) -> Iterator[s
     port = free_port()
     cmd = [str(WARDGATE_BIN), "model-server", "--model", str(model_dir), "--port", str(port),
            "--quantize", config.quantize, *config.options]
-    with log.open("wb") as log_file:
-        # Own session: Ctrl-C in the terminal reaches only us, and stop() ends the whole group.
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
+    with running(cmd, log) as proc:
         base_url = f"http://127.0.0.1:{port}"
-        wait_ready(proc, base_url, log)
+        harness_wait_ready(proc, lambda: http_ok(base_url + "/readyz"), log, READY_TIMEOUT_S, ServerFailed)
         yield base_url
-    finally:
-        stop(proc)
-
-
-def wait_ready(proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(base_url + "/readyz", timeout=2) as response:
-                return response.status == 200
-        except urllib.error.URLError:
-            return False
-
-    harness_wait_ready(proc, ready, log, READY_TIMEOUT_S, ServerFailed)
-
 
 
 def log_problems(log: Path) -> list[str]:

@@ -75,14 +75,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import free_port, progress, stop, warn_invalid  # bench/harness.py, next to this script
+from harness import free_port, pinned, progress, running, warn_invalid  # bench/harness.py, next to this script
+from harness import http as harness_http
 from harness import wait_ready as harness_wait_ready
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -169,50 +168,9 @@ def render(template: str, out: Path, **values: str) -> Path:
     return out
 
 
-def pinned(cpus: frozenset[int]) -> Callable[[], None]:
-    # Set in the child before exec so that every process it forks (nginx and
-    # uvicorn workers) inherits the affinity.
-    return lambda: os.sched_setaffinity(0, cpus)
-
-
-@contextmanager
-def running(
-    cmd: Sequence[str],
-    log: Path,
-    cpus: frozenset[int],
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server for the duration of the block; always tear it down."""
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            preexec_fn=pinned(cpus),
-            # Own process group, so workers go down with the parent.
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        stop(proc)
-
-
-
-
 def http(method: str, url: str, body: str | None = None) -> tuple[int, str]:
-    data = body.encode() if body is not None else None
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+    return harness_http(method, url, body.encode() if body is not None else None,
+                        {"Authorization": f"Bearer {API_KEY}"})
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:

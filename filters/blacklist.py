@@ -28,8 +28,6 @@ CJK ones match anywhere. Spans are reported in the original text as well.
 from __future__ import annotations
 
 import re
-import re._constants as sre_constants
-import re._parser as sre_parser
 import warnings
 from bisect import bisect_right
 from collections.abc import Callable
@@ -40,6 +38,7 @@ from typing import Literal
 import ahocorasick_rs
 import regex
 
+from filters import regex_syntax as syntax
 from filters.normalize import NormalizedText, fold, is_cjk, prepare
 from filters.patterns import for_analysis, transliterate, whole_words, with_separators
 from filters.transliterate import MIN_SYLLABLES, PinyinGate, Recomposer, spell, syllable_count
@@ -135,7 +134,7 @@ def literal_atoms(pattern: str) -> frozenset[str] | None:
         with warnings.catch_warnings():
             # "Possible nested set" and friends: `regex` reads these differently.
             warnings.simplefilter("error", FutureWarning)
-            parsed = sre_parser.parse(pattern)
+            parsed = syntax.parse(pattern)
     except (re.error, FutureWarning, OverflowError, RecursionError, ValueError):
         return None
     if _has_literal_brace(parsed):
@@ -166,9 +165,9 @@ def _usable(candidate: frozenset[str]) -> frozenset[str] | None:
     return frozenset(atom for atom in folded if not any(other != atom and other in atom for other in folded))
 
 
-def _has_literal_brace(items: sre_parser.SubPattern) -> bool:
+def _has_literal_brace(items: syntax.SubPattern) -> bool:
     for op, value in items:
-        if op is sre_constants.LITERAL and value in (ord("{"), ord("}")):
+        if op is syntax.LITERAL and value in (ord("{"), ord("}")):
             return True
         for child in _children(op, value):
             if _has_literal_brace(child):
@@ -177,8 +176,8 @@ def _has_literal_brace(items: sre_parser.SubPattern) -> bool:
 
 
 # Anchors whose meaning depends on where a search starts or ends.
-_STRING_ANCHORS = frozenset({sre_constants.AT_BEGINNING, sre_constants.AT_BEGINNING_STRING, sre_constants.AT_END,
-                             sre_constants.AT_END_STRING})
+_STRING_ANCHORS = frozenset({syntax.AT_BEGINNING, syntax.AT_BEGINNING_STRING, syntax.AT_END,
+                             syntax.AT_END_STRING})
 MAX_REACH = 1000
 
 
@@ -188,7 +187,7 @@ def match_reach(pattern: str) -> int | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
-            parsed = sre_parser.parse(pattern)
+            parsed = syntax.parse(pattern)
     except (re.error, FutureWarning, OverflowError, RecursionError, ValueError):
         return None
     widest = parsed.getwidth()[1]
@@ -199,29 +198,29 @@ def match_reach(pattern: str) -> int | None:
     return 3 * widest + 1
 
 
-def _has_context(items: sre_parser.SubPattern) -> bool:
+def _has_context(items: syntax.SubPattern) -> bool:
     for op, value in items:
-        if op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+        if op in (syntax.ASSERT, syntax.ASSERT_NOT):
             return True
-        if op is sre_constants.AT and value in _STRING_ANCHORS:
+        if op is syntax.AT and value in _STRING_ANCHORS:
             return True
         if any(_has_context(child) for child in _children(op, value)):
             return True
     return False
 
 
-def _children(op: object, value: object) -> list[sre_parser.SubPattern]:
-    if op is sre_constants.SUBPATTERN:
+def _children(op: object, value: object) -> list[syntax.SubPattern]:
+    if op is syntax.SUBPATTERN:
         return [value[-1]]
-    if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT):
+    if op in (syntax.MAX_REPEAT, syntax.MIN_REPEAT, syntax.POSSESSIVE_REPEAT):
         return [value[2]]
-    if op is sre_constants.BRANCH:
+    if op is syntax.BRANCH:
         return list(value[1])
-    if op is sre_constants.ATOMIC_GROUP:
+    if op is syntax.ATOMIC_GROUP:
         return [value]
-    if op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+    if op in (syntax.ASSERT, syntax.ASSERT_NOT):
         return [value[1]]
-    if op is sre_constants.GROUPREF_EXISTS:
+    if op is syntax.GROUPREF_EXISTS:
         return [branch for branch in value[1:] if branch is not None]
     return []
 
@@ -239,7 +238,7 @@ def _power(choices: frozenset[str], times: int) -> frozenset[str] | None:
     return result
 
 
-def _sequence(items: sre_parser.SubPattern) -> _Info:
+def _sequence(items: syntax.SubPattern) -> _Info:
     required: list[frozenset[str]] = []
     run = _EMPTY  # the exact strings matched since the last inexact item
     exact, prefix = True, None
@@ -271,20 +270,20 @@ def _sequence(items: sre_parser.SubPattern) -> _Info:
 
 
 def _item(op: object, value: object) -> _Info:
-    if op is sre_constants.LITERAL:
+    if op is syntax.LITERAL:
         return _exact(frozenset({chr(value)}))
-    if op is sre_constants.IN:
+    if op is syntax.IN:
         chars = _class_chars(value)
         return _exact(chars) if chars is not None else _UNKNOWN
-    if op in (sre_constants.AT, sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+    if op in (syntax.AT, syntax.ASSERT, syntax.ASSERT_NOT):
         return _exact(_EMPTY)  # zero-width: adds nothing, breaks nothing
-    if op is sre_constants.SUBPATTERN:
+    if op is syntax.SUBPATTERN:
         return _sequence(value[-1])
-    if op is sre_constants.ATOMIC_GROUP:
+    if op is syntax.ATOMIC_GROUP:
         return _sequence(value)
-    if op is sre_constants.BRANCH:
+    if op is syntax.BRANCH:
         return _branch([_sequence(alternative) for alternative in value[1]])
-    if op in (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT):
+    if op in (syntax.MAX_REPEAT, syntax.MIN_REPEAT, syntax.POSSESSIVE_REPEAT):
         return _repeat(value[0], value[1], _sequence(value[2]))
     return _UNKNOWN  # any character, negated or large classes, back-references, conditionals
 
@@ -296,9 +295,9 @@ def _exact(strings: frozenset[str]) -> _Info:
 def _class_chars(items: list[tuple[object, object]]) -> frozenset[str] | None:
     chars: set[str] = set()
     for op, value in items:
-        if op is sre_constants.LITERAL:
+        if op is syntax.LITERAL:
             chars.add(chr(value))
-        elif op is sre_constants.RANGE and value[1] - value[0] < MAX_CLASS_CHARS:
+        elif op is syntax.RANGE and value[1] - value[0] < MAX_CLASS_CHARS:
             chars.update(map(chr, range(value[0], value[1] + 1)))
         else:
             return None  # negation, categories (\d is every Unicode digit), large ranges
@@ -619,7 +618,7 @@ def _in_pinyin(literals: list[tuple[int, str]], sources: list[tuple[int, str]]) 
 
 def _shortest(source: str) -> int:
     try:
-        return sre_parser.parse(for_analysis(source)).getwidth()[0]
+        return syntax.match_widths(for_analysis(source))[0]
     except (re.error, OverflowError, RecursionError, ValueError):
         return 0
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import time
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+import cachetools
 import orjson
 
 from filters.normalize import normalize
@@ -85,30 +84,17 @@ class ResponseCache:
     """An LRU of answers (label scores, a guard's reading) by text digest, each entry good for `ttl_s`."""
 
     def __init__(self, max_entries: int, ttl_s: float) -> None:
-        self.max_entries = max_entries
-        self.ttl_s = ttl_s
-        self._entries: OrderedDict[bytes, tuple[float, Any]] = OrderedDict()
+        self._entries: cachetools.TTLCache[bytes, Any] = cachetools.TTLCache(max_entries, ttl_s)
 
     @staticmethod
     def key(text: str) -> bytes:
         return hashlib.sha256(normalize(text).text.encode("utf-8", "surrogatepass")).digest()
 
     def get(self, key: bytes) -> Any | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, scores = entry
-        if expires <= time.monotonic():
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return scores
+        return self._entries.get(key)
 
-    def put(self, key: bytes, scores: Any) -> None:
-        self._entries[key] = (time.monotonic() + self.ttl_s, scores)
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+    def put(self, key: bytes, answer: Any) -> None:
+        self._entries[key] = answer
 
     def __len__(self) -> int:
         return len(self._entries)

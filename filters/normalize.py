@@ -32,11 +32,9 @@ match, and offsets are worked out only when `original_span` is asked for.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import unicodedata
 from bisect import bisect_right
-from importlib.resources import files
 
 import regex
 
@@ -78,9 +76,9 @@ def _confusable_fold() -> dict[str, str]:
     character takes the nearest ASCII letter or digit over those links and case pairs ('β' ~ 'Β',
     listed as 'B'), as a TR39 skeleton would after its case folding; at equal distance a lower-case
     letter wins over a capital, a letter over a digit."""
-    import confusable_homoglyphs
+    from confusable_homoglyphs import utils
 
-    data = json.loads(files(confusable_homoglyphs).joinpath("confusables.json").read_text(encoding="utf-8"))
+    data = utils.load("confusables.json")
     links: dict[str, set[str]] = {}
     for char, homoglyphs in data.items():
         for target in (h["c"] for h in homoglyphs):
@@ -129,10 +127,9 @@ def _letters_by_name() -> dict[str, str]:
 
 @functools.cache
 def _traditional_to_simplified() -> dict[str, str]:
-    from zhconv import zhconv
+    from zhconv.zhconv import getdict
 
-    zhconv.loaddict()
-    table = zhconv.zhcdicts["zh2Hans"]
+    table = getdict("zh-hans")
     return {traditional: simplified for traditional, simplified in table.items()
             if len(traditional) == 1 and len(simplified) == 1 and traditional != simplified}
 

@@ -12,7 +12,6 @@ both get the same verdict; a stream's text is held back until every stage has ju
 from __future__ import annotations
 
 import os
-import re._parser as sre_parser
 import time
 from collections import deque
 from dataclasses import replace
@@ -23,6 +22,7 @@ from pydantic import BaseModel
 from starlette.types import Scope
 
 from filters.blacklist import match_reach
+from filters.regex_syntax import match_widths
 from gateway.audit_trail import note_stream
 from gateway.errors import (
     NON_TEXT_CONTENT,
@@ -338,7 +338,7 @@ def _match_length(pattern: str) -> int | None:
     reach = match_reach(pattern)
     if reach is None or any(len(char.casefold()) > 1 for char in pattern):
         return reach
-    return sre_parser.parse(pattern).getwidth()[1] + 1
+    return match_widths(pattern)[1] + 1
 
 
 def _stage_timings(exchange: Exchange, direction: Direction) -> dict[str, float]:
