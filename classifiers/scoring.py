@@ -1,7 +1,8 @@
 """Offline scoring and evaluation of JSONL files: what compliance teams run to judge a policy.
 
 Input: one JSON object per line with a non-empty string "text"; for evaluation also the truth,
-as "unsafe" (0/1) and optionally a 0/1 per category. Every line is checked before any is scored,
+as "unsafe" (0/1) and optionally a 0/1 per category; for a response judged with its prompt (a guard model
+cascade), "prompt". Every line is checked before any is scored,
 and a bad one is reported as `file:line: problem`.
 """
 
@@ -22,9 +23,11 @@ class Row:
     truth: dict[str, float]
     line: int = 0  # in the file, for errors found after reading
     user: str | None = None  # the `user_field` value, when asked for
+    prompt: str | None = None  # the prompt a response answers, when asked for
 
 
-def read_rows(path: Path, need_truth: bool = False, user_field: str | None = None) -> list[Row]:
+def read_rows(path: Path, need_truth: bool = False, user_field: str | None = None,
+              with_prompt: bool = False) -> list[Row]:
     rows = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -50,8 +53,11 @@ def read_rows(path: Path, need_truth: bool = False, user_field: str | None = Non
         user = record.get(user_field) if user_field else None
         if user_field and (isinstance(user, bool) or not isinstance(user, str | int) or not str(user).strip()):
             raise ClassifierError(f"{path}:{number}: needs \"{user_field}\" (a non-empty string or an integer)")
+        prompt = record.get("prompt") if with_prompt else None
+        if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+            raise ClassifierError(f"{path}:{number}: \"prompt\" must be a non-empty string")
         rows.append(Row(text, {name: float(value) for name, value in truth.items()}, number,
-                        None if user is None else str(user)))
+                        None if user is None else str(user), prompt))
     if not rows:
         raise ClassifierError(f"{path}: no lines to score")
     return rows

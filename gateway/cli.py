@@ -462,12 +462,12 @@ def _classifier_or_exit(model: str, quantize: str):
         sys.exit(2)
 
 
-def _rows_or_exit(path: Path, need_truth: bool = False) -> list:
+def _rows_or_exit(path: Path, need_truth: bool = False, with_prompt: bool = False) -> list:
     from classifiers.labels import ClassifierError
     from classifiers.scoring import read_rows
 
     try:
-        return read_rows(path, need_truth)
+        return read_rows(path, need_truth, with_prompt=with_prompt)
     except ClassifierError as exc:
         click.echo(f"wardgate: {exc}", err=True)
         sys.exit(2)
@@ -497,14 +497,19 @@ def _score_all(scorer, texts: list[str], batch: int = 32):
                    "one {action, rule_id, without_guard, escalations} line per input, and a summary of the "
                    "share escalated and the guard's verdicts.")
 @click.option("--direction", type=click.Choice(["input", "output"]), default="input", show_default=True,
-              help="With --cascade: which of the policy's stage lists judges the texts.")
+              help="With --cascade: which of the policy's stage lists judges the texts. With output, a line's "
+                   "\"prompt\" is the prompt its text answers, which a guard model judges it with.")
 def classifier_score(infile: Path, outfile: Path, model: str, quantize: str, policy_file: Path | None,
                      direction: str) -> None:
     """Score each line's "text" of INFILE (JSONL); one {"unsafe", "categories"} line per input, in order."""
     from classifiers.scoring import score_line
 
-    rows = _rows_or_exit(infile)  # every line checked before anything is written
+    rows = _rows_or_exit(infile, with_prompt=policy_file is not None)  # every line checked before any is written
     if policy_file is not None:
+        if direction == "input" and (row := next((row for row in rows if row.prompt is not None), None)):
+            click.echo(f"wardgate: {infile}:{row.line}: \"prompt\" is for a response: use --direction output",
+                       err=True)
+            sys.exit(2)
         _score_cascade(rows, outfile, _pipeline_or_exit(policy_file), direction)
         return
     scores = _score_all(_classifier_or_exit(model, quantize), [row.text for row in rows])
@@ -515,7 +520,8 @@ def classifier_score(infile: Path, outfile: Path, model: str, quantize: str, pol
 
 
 def _score_cascade(rows: list, outfile: Path, pipeline: Pipeline, direction: str, chunk: int = 64) -> None:
-    """Each row's text through the pipeline, as the gateway would judge it; the lines, then a summary:
+    """Each row's text (a response: with its row's prompt) through the pipeline, as the gateway would judge
+    it; the lines, then a summary:
     the share escalated to a guard model, its verdicts and latency, and the decisions with and without it
     (with their accuracy where every row has an `unsafe` truth)."""
     import asyncio
@@ -527,14 +533,25 @@ def _score_cascade(rows: list, outfile: Path, pipeline: Pipeline, direction: str
     from gateway.pipeline import Context
     from gateway.verdict import strongest
 
+    async def judge_together(part: list) -> list:
+        """Rows that share a prompt (all of them, for prompts), judged together as the gateway would."""
+        by_stage: list = []
+        verdicts = await pipeline.inspect_each([row.text for row in part], Context(direction, prompt=part[0].prompt),
+                                               by_stage=by_stage)
+        return list(zip(verdicts, by_stage, strict=True))
+
     async def judge_all() -> list:
         try:
-            found = []
+            found: list = [None] * len(rows)
             for start in range(0, len(rows), chunk):  # a bounded number of texts in flight
-                by_stage: list = []
-                texts = [row.text for row in rows[start:start + chunk]]
-                verdicts = await pipeline.inspect_each(texts, Context(direction), by_stage=by_stage)
-                found += zip(verdicts, by_stage, strict=True)
+                groups: dict[str | None, list[int]] = {}
+                for index in range(start, min(start + chunk, len(rows))):
+                    groups.setdefault(rows[index].prompt, []).append(index)
+                judged = await asyncio.gather(*(judge_together([rows[index] for index in indices])
+                                                for indices in groups.values()))
+                for indices, pairs in zip(groups.values(), judged, strict=True):
+                    for index, pair in zip(indices, pairs, strict=True):
+                        found[index] = pair
             return found
         finally:
             await close_sessions()

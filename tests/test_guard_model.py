@@ -268,6 +268,27 @@ def test_classifier_score_cascade_reports_the_escalated_share_and_the_verdicts(t
     assert "accuracy on unsafe: without guard 0.750, cascade 1.000" in result.output
 
 
+def test_classifier_score_cascade_judges_a_response_with_its_prompt(tmp_path, guard):
+    path = write_policy(tmp_path, [], [guard_stage(guard)])
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"text": "Sure: connect the detonator", "prompt": "how do I wire it?", "unsafe": 1},
+        {"text": "a poem about the sea", "prompt": "write me a poem", "unsafe": 0},
+        {"text": "another answer", "unsafe": 0}]))
+    out = tmp_path / "out.jsonl"
+    command = ["classifier", "score", str(rows), "-o", str(out), "--cascade", str(path)]
+    result = CliRunner().invoke(main, [*command, "--direction", "output"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["action"] for line in out.read_text().splitlines()] == ["block", "allow", "allow"]
+    asked = sorted((body["messages"][0]["content"], body["messages"][-1]["content"]) for body in guard.seen.bodies)
+    assert asked == [("another answer", "another answer"), ("how do I wire it?", "Sure: connect the detonator"),
+                     ("write me a poem", "a poem about the sea")]
+
+    refused = CliRunner().invoke(main, command)  # --direction input: a prompt has no prompt
+    assert refused.exit_code == 2 and f"{rows}:1: \"prompt\" is for a response: use --direction output" \
+        in refused.output
+
+
 # -- through the gateway -------------------------------------------------------------------------------
 
 def test_escalations_are_audited_and_counted_and_a_stream_leaks_nothing(start_gateway, upstream, guard, tmp_path):
