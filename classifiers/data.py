@@ -27,17 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CATEGORIES: tuple[str, ...] = (
-    "sexual",
-    "sexual_minors",
-    "hate",
-    "harassment",
-    "self_harm",
-    "violence",
-    "illegal",
-    "jailbreak",
-)
-LABELS: tuple[str, ...] = ("unsafe", *CATEGORIES)
+from classifiers.labels import CATEGORIES, LABELS
+
 # The content categories: what a text is about, as opposed to `jailbreak` (how it tries to get it).
 CONTENT: tuple[str, ...] = tuple(c for c in CATEGORIES if c != "jailbreak")
 

@@ -1,15 +1,12 @@
 """The classifier's training-data layer on the real files in ../shared/data: every source is read and
-mapped, labels and masks are consistent, the split is deterministic and leak-free, and the
-project-written sets are what their generator writes."""
+mapped, labels and masks are consistent, and the split is deterministic and leak-free."""
 
 from __future__ import annotations
 
 import csv
 import glob
-import importlib.util
 import itertools
 import re
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -17,8 +14,6 @@ import pytest
 
 from classifiers import data
 from classifiers.data import (
-    CATEGORIES,
-    LABELS,
     Example,
     clean_social,
     clean_text,
@@ -30,6 +25,7 @@ from classifiers.data import (
     split_key,
     training_mix,
 )
+from classifiers.labels import CATEGORIES, LABELS
 from tests.conftest import requires_shared_data
 
 DATA_DIR = data.DEFAULT_DATA_DIR
@@ -109,18 +105,6 @@ def test_roleplay_frames_carry_harmful_and_harmless_requests_alike(examples, par
     framed_requests = loader._training_side(loader.harmful_question_pool()) + loader.jade_train_questions()
     valid_keys = {data.split_key(ex.text) for ex in parts[1]}
     assert framed_requests and not any(data.split_key(request) in valid_keys for request in framed_requests)
-
-
-def test_extra_data_files_are_what_the_generator_writes(monkeypatch):
-    spec = importlib.util.spec_from_file_location("wardgate_extra_generate", data.EXTRA_DIR / "generate.py")
-    generate = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, generate)  # dataclasses look their module up there
-    spec.loader.exec_module(generate)
-    built = generate.build()
-    assert {f"{n}.jsonl" for n in built} == {p.name for p in data.EXTRA_DIR.glob("*.jsonl")}
-    for name, rows in built.items():
-        assert (data.EXTRA_DIR / f"{name}.jsonl").read_text(encoding="utf-8") == generate.render(rows), name
-        assert all(r["written_by"] == "wardgate project" for r in rows)
 
 
 def test_hard_negatives_stay_safe_after_deduplication(examples):
