@@ -46,11 +46,8 @@ class ArtifactConfig:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def save_artifact(model: RiskModel, config: ArtifactConfig, out: Path) -> None:
@@ -74,6 +71,7 @@ def load_artifact(directory: Path) -> tuple[RiskModel, object, ArtifactConfig]:
     """(model in eval mode, tokenizer, config) from an artifact directory."""
     config = read_config(directory)
     base = base_for(config.base)
+    _check_base_weights(directory, config, base.weights_file())
     model = base.model(base_vocabulary(config))
     state = model.state_dict()
     delta = load_file(str(directory / "delta.safetensors"))
@@ -91,6 +89,19 @@ def load_artifact(directory: Path) -> tuple[RiskModel, object, ArtifactConfig]:
     model.load_state_dict(state)
     model.eval()
     return model, artifact_tokenizer(config), config
+
+
+def _check_base_weights(directory: Path, config: ArtifactConfig, weights: Path) -> None:
+    """A delta only means something over the weights it was trained on: one applied to other base
+    weights (the base package upgraded or replaced) would load and score nonsense, silently."""
+    if not config.base_weights_sha256:  # artifacts from before the digest was recorded
+        return
+    installed = _sha256(weights)
+    if installed != config.base_weights_sha256:
+        raise ClassifierError(
+            f"{directory}: this artifact is a delta over {config.base} weights with sha256 "
+            f"{config.base_weights_sha256[:16]}..., but the installed {weights} has {installed[:16]}...: install "
+            f"the base package version it was trained on, or train the artifact again")
 
 
 def base_vocabulary(config: ArtifactConfig) -> list:

