@@ -33,6 +33,10 @@ import orjson
 from classifiers.labels import CATEGORIES
 from filters.moderation_hook import ModerationUnavailable, ResponseCache, ServiceClient
 
+# `url: bundled` in a guard_model stage: the guard model server that `wardgate serve --guard-model DIR` starts,
+# whose base URL the gateway puts here (its worker processes inherit it).
+BUNDLED_URL_ENV = "WARDGATE_BUNDLED_GUARD_URL"
+
 Family = Literal["qwen3guard", "llama_guard", "shieldgemma", "gpt_oss_safeguard"]
 FAMILIES: tuple[Family, ...] = ("qwen3guard", "llama_guard", "shieldgemma", "gpt_oss_safeguard")
 

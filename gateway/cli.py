@@ -33,6 +33,9 @@ def main() -> None:
               "(default: start the bundled model server).")
 @click.option("--model", "bundled_model_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Model directory for the bundled model server (default: the demo model).")
+@click.option("--guard-model", "guard_model_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Guard model checkpoint to serve in a second bundled model server (int8), which a policy's "
+                   "guard_model stage names as `url: bundled`.")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default 8080).")
 @click.option("--policy", help="Policy file; `default` (the shipped one, the default) or `none`.")
@@ -61,30 +64,39 @@ def serve(config_file: Path | None, **options: object) -> None:
 
     settings = _settings_or_exit(config_file, options)
     configure_logging(settings.log_level, redact_pii)
+    from filters.guard_model import BUNDLED_URL_ENV
     from gateway.app import policy_path
+    from gateway.bundled_model import BundledModelError, free_port, start_bundled_model_server, stop
 
+    # A guard_model stage's `url: bundled` reads the guard server's address from the environment (this
+    # process's policy loads and its workers'): known before the policy is checked, so its port is chosen now.
+    guard_port = free_port() if settings.guard_model_dir is not None else None
+    if guard_port is not None:
+        os.environ[BUNDLED_URL_ENV] = f"http://127.0.0.1:{guard_port}"
+    else:
+        os.environ.pop(BUNDLED_URL_ENV, None)
     path = policy_path(settings.policy)
     if path is not None:
         _check_policy_or_exit(path, settings)  # refuse a broken policy before starting anything
     if settings.audit_enabled:
         _check_audit_or_exit(settings)
-    bundled = None
-    if settings.upstream is None:
-        from gateway.bundled_model import BundledModelError, start_bundled_model_server
-
+    children = []
+    try:
         try:
-            bundled, upstream = start_bundled_model_server(settings.bundled_model_dir, settings.bundled_quantize)
+            if guard_port is not None:
+                children.append(start_bundled_model_server(settings.guard_model_dir, settings.bundled_quantize,
+                                                           "guard-model-server", guard_port)[0])
+            if settings.upstream is None:
+                bundled, upstream = start_bundled_model_server(settings.bundled_model_dir, settings.bundled_quantize)
+                children.append(bundled)
+                settings = settings.model_copy(update={"upstream": upstream})
         except BundledModelError as exc:
             click.echo(f"wardgate: {exc}", err=True)
             sys.exit(1)
-        settings = settings.model_copy(update={"upstream": upstream})
-    try:
         _run_gateway(settings)
     finally:
-        if bundled is not None:
-            from gateway.bundled_model import stop
-
-            stop(bundled)
+        for child in children:
+            stop(child)
 
 
 def _check_policy_or_exit(path: Path, settings: Settings) -> None:
@@ -178,9 +190,11 @@ def _settings_or_exit(config_file: Path | None, options: dict[str, object]) -> S
 @click.option("--admin-token", envvar="WARDGATE_MODEL_SERVER_ADMIN_TOKEN",
               help="Bearer token for POST /admin/model (env WARDGATE_MODEL_SERVER_ADMIN_TOKEN).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option("--log-component", default="model-server", show_default=True,
+              help="The `component` field of its log lines (which server wrote them, beside others in one console).")
 @click.pass_context
-def model_server(ctx: click.Context, model_dir: Path | None, log_level: str, host: str, port: int,
-                 **options: object) -> None:
+def model_server(ctx: click.Context, model_dir: Path | None, log_level: str, log_component: str, host: str,
+                 port: int, **options: object) -> None:
     """Run the bundled OpenAI-compatible model server (or a subcommand)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -191,7 +205,7 @@ def model_server(ctx: click.Context, model_dir: Path | None, log_level: str, hos
 
     # Before the server's imports: transformers reads its verbosity when it is first imported. The
     # server imports no moderation code; the CLI gives it the gateway's masking of personal data.
-    configure_logging(log_level, redact_pii, component="model-server")
+    configure_logging(log_level, redact_pii, component=log_component)
     import uvicorn
 
     from gateway.model_server.app import ModelServerSettings, create_model_server_app

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     bundled_quantize: Literal["int8", "none"] = Field(
         "int8", description="Weights of the bundled model server: int8 (quantised) or none (as stored)")
     upstream_api_key: str | None = Field(None, description="Bearer key the gateway sends upstream")
+    guard_model_dir: Path | None = Field(
+        None, description="Guard model checkpoint for a second bundled model server, which a policy's "
+                           "guard_model stage names as `url: bundled`; none: no such server")
 
     max_body_bytes: int = Field(1024 * 1024, ge=1, description="Largest request body; refused while reading "
                                 "(413 WG4004)")

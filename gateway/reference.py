@@ -97,7 +97,9 @@ def cli_markdown() -> str:
         anchor = "-".join(path)
         lines.append(f"| [`{' '.join(path)}`](#{anchor}) | {_cell(command.get_short_help_str(limit=120))} |")
     for path, command in commands:
-        context = click.Context(command, info_name=" ".join(path))
+        # The group's settings (`-h` beside `--help`), as when the command runs: click caches a command's help
+        # option from the first context that asks, so a bare context would render it one way or the other.
+        context = click.Context(command, info_name=" ".join(path), **cli_main.context_settings)
         lines += ["", f"## {' '.join(path)} {{#{'-'.join(path)}}}", "",
                   "```", f"{' '.join(path)} {' '.join(command.collect_usage_pieces(context))}".rstrip(), "```", ""]
         if command.help:

@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from classifiers.labels import LABELS
-from filters.guard_model import FAMILIES, SHIELDGEMMA_HARM_TYPES
+from filters.guard_model import BUNDLED_URL_ENV, FAMILIES, SHIELDGEMMA_HARM_TYPES
 from filters.moderation_hook import OPENAI_LABELS, template_has_text
 from filters.normalize import normalize
 from policies.yaml_source import YamlDocument, YamlSourceError, line_of, parse_yaml
@@ -210,6 +210,18 @@ class GuardModelStage(ServiceStage):
     threshold: Annotated[float, Field(ge=0, le=1)] = 0.5  # shieldgemma: P(Yes) that violates
     harm_types: list[Literal[SHIELDGEMMA_HARM_TYPES]] | None = None  # shieldgemma; default: all four
     policy: Annotated[str, Field(min_length=1)] | None = None  # gpt_oss_safeguard; default: ours
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _bundled(cls, url: Any) -> Any:
+        """`bundled`: the guard model server `wardgate serve --guard-model DIR` started (resolved at load)."""
+        if url != "bundled":
+            return url
+        base = os.environ.get(BUNDLED_URL_ENV)
+        if not base:
+            raise ValueError("`url: bundled` names the guard model server that `wardgate serve --guard-model DIR` "
+                             "starts, and none was started: give --guard-model, or the guard server's URL")
+        return base + "/v1/chat/completions"
 
     @model_validator(mode="after")
     def _family_fields(self) -> GuardModelStage:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 from click.testing import CliRunner
 
-from filters.guard_model import GuardAnswer, GuardClient, GuardConfig
+from filters.guard_model import BUNDLED_URL_ENV, GuardAnswer, GuardClient, GuardConfig
 from filters.moderation_hook import ModerationUnavailable, close_sessions
 from gateway.cli import main
 from gateway.pipeline import Context, load_pipeline, sampled
@@ -248,6 +250,19 @@ def test_a_bad_guard_stage_is_refused_with_file_line_and_field(tmp_path, guard, 
     assert message in str(refused.value), str(refused.value)
 
 
+def test_url_bundled_names_the_guard_server_serve_started_and_is_refused_without_one(tmp_path, monkeypatch):
+    path = write_policy(tmp_path, [{"type": "guard_model", "url": "bundled", "family": "llama_guard",
+                                    "model": "guard"}])
+    monkeypatch.delenv(BUNDLED_URL_ENV, raising=False)
+    with pytest.raises(PolicyError) as refused:
+        load_pipeline(path)
+    assert "`url: bundled` names the guard model server that `wardgate serve --guard-model DIR` starts, and " \
+           "none was started" in str(refused.value)
+    monkeypatch.setenv(BUNDLED_URL_ENV, "http://127.0.0.1:9")
+    [stage] = load_pipeline(path).policy.input.stages
+    assert stage.url == "http://127.0.0.1:9/v1/chat/completions"
+
+
 # -- offline: classifier score --cascade ---------------------------------------------------------------
 
 def test_classifier_score_cascade_reports_the_escalated_share_and_the_verdicts(tmp_path, guard):
@@ -348,3 +363,29 @@ def test_a_failing_guard_trips_its_breaker_and_recovers_half_open(start_gateway,
     blocked = chat(gateway, UNSAFE_TEXT)
     assert blocked.json()["error"]["rule_id"] == "guard_model.violence" and guard.seen.requests == calls + 1
     assert metric(gateway, "wardgate_breaker_state", name=name) == 0
+
+
+def test_serve_guard_model_starts_a_guard_server_that_url_bundled_names(start_gateway, upstream, demo_dir, tmp_path):
+    """The demo checkpoint has random weights: what it answers is no guard's format, a coded bad_answer
+    that on_failure handles. What is tested is the wiring: the second child, its address, its log lines."""
+    database = tmp_path / "audit.sqlite3"
+    path = write_policy(tmp_path, [{"type": "guard_model", "url": "bundled", "family": "qwen3guard",
+                                    "model": "demo", "max_tokens": 8, "timeout_s": 30, "on_failure": "flag"}])
+    refused = subprocess.run([sys.executable, "-m", "gateway", "serve", "--upstream", upstream.url, "--policy",
+                              str(path), "--audit-dsn", "none"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "`url: bundled` names the guard model server" in refused.stderr
+
+    # Beside the bundled generation model (the same demo checkpoint, which is all the test needs).
+    gateway = start_gateway("--model", str(demo_dir), "--guard-model", str(demo_dir), "--policy", str(path),
+                            "--audit-dsn", str(database))
+    answer = chat(gateway, "a poem about the sea", max_tokens=8)
+    assert answer.status_code == 200
+    [row] = open_store(str(database)).query(AuditFilter(request_id=answer.headers["x-request-id"]), limit=1)
+    verdict = row.body["verdicts"]["input"]
+    assert verdict["rule_id"] == "guard_model.bad_answer", verdict
+    assert verdict["note"].startswith("guard_model bypassed: unexpected qwen3guard answer: ")
+    [escalation] = verdict["escalations"]
+    assert (escalation["stage"], escalation["trigger"], escalation["verdict"]) == (
+        "guard_model.qwen3guard", "always", "failed")
+    served = [line for line in gateway.log_lines() if line["event"] == "model serving"]
+    assert sorted(line["component"] for line in served) == ["guard-model-server", "model-server"]
