@@ -68,6 +68,21 @@ def checkpoint_policy(settings: Settings) -> CheckpointPolicy:
     return CheckpointPolicy(settings.audit_checkpoint_every, settings.audit_checkpoint_interval_s)
 
 
+def append_admin_event(settings: Settings, event: str, **fields: object) -> None:
+    """Chain an admin event (a rollback, an activation, a DP training run) into the audit log from
+    outside a running gateway: straight into the store, there being no writer to queue it for.
+    Raises StoreError or SigningError; the gateway's own events go through its writer
+    (gateway/policy_reload.py)."""
+    if not settings.audit_enabled:
+        return
+    store = audit_store(settings)
+    try:
+        store.migrate()
+        store.append([new_record("event", event=event, **fields)], audit_signer(settings), checkpoint_policy(settings))
+    finally:
+        store.close()
+
+
 def build_writer(settings: Settings, observer: Any = None) -> AuditWriter:
     writer_settings = WriterSettings(
         queue_size=settings.audit_queue_size,

@@ -178,3 +178,26 @@ def materialize(stored: StoredVersion, directory: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(text.encode("utf-8"))
     return directory / stored.policy_path.relative_to(stored.policy_path.anchor)
+
+
+def restore(stored: StoredVersion) -> list[str]:
+    """Write a stored version's files back where they were, each atomically, the policy file last so
+    that a watching gateway sees its lexicons first. Shipped (builtin) lexicons belong to the package
+    and are never written: returns a warning for each that differs from the stored version."""
+    from importlib.resources import files
+
+    builtin_dir = Path(str(files("policies").joinpath("lexicons"))).resolve()
+    warnings = []
+    for name in sorted(stored.files, key=lambda name: name == str(stored.policy_path)):
+        path = Path(name)
+        if path.resolve().is_relative_to(builtin_dir):
+            if not path.is_file() or path.read_text(encoding="utf-8") != stored.files[name]:
+                warnings.append(f"shipped lexicon {path.name} differs from the stored version")
+            continue
+        temporary = path.with_name(f".{path.name}.rollback-{os.getpid()}")
+        try:
+            temporary.write_bytes(stored.files[name].encode("utf-8"))
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return warnings
