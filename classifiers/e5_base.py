@@ -102,7 +102,7 @@ class PackedModel:
     data: mmap.mmap
 
     def array(self, name: str, rows: list[int] | None = None) -> np.ndarray:
-        """A tensor as fp32, [values] or [rows, hidden]; Q4_0 tensors dequantised, only `rows` if given."""
+        """A tensor as fp32: f32 ones flat, Q4_0 ones dequantised as [rows, inputs] (only `rows`, if given)."""
         entry = self.tensors[name]
         if entry.dtype == 0:
             return np.frombuffer(self.data, "<f4", entry.count, entry.offset).copy()
@@ -110,9 +110,8 @@ class PackedModel:
         blocks = np.frombuffer(self.data, _Q4_BLOCK, entry.count // 32, entry.offset).reshape(-1, width // 32)
         if rows is not None:
             blocks = blocks[rows]
-        low, high = blocks["qs"] & 0x0F, blocks["qs"] >> 4
-        weights = (np.concatenate([low, high], axis=-1).astype(np.float32) - 8) * blocks["d"].astype(np.float32)[
-            ..., None]
+        nibbles = np.concatenate([blocks["qs"] & 0x0F, blocks["qs"] >> 4], axis=-1)  # weights 0-15, then 16-31
+        weights = (nibbles.astype(np.float32) - 8) * blocks["d"].astype(np.float32)[..., None]
         return weights.reshape(blocks.shape[0], width)
 
 
