@@ -120,26 +120,46 @@ def builtin_classifier_graph() -> Path:
     return onnx_graph(BUILTIN_DIR, "int8")
 
 
-@pytest.fixture(scope="session")
-def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Starts a gateway with the given command-line arguments; all are stopped at session end."""
-    started: list[GatewayProcess] = []
+class GatewayStarter:
+    """Starts gateways with the given command-line arguments. A gateway lives until the end of the
+    test module that started it (each holds ~600 MB: a session's worth would not fit in memory),
+    unless `session=True` keeps it for the whole session (the shared `gateway` fixture's)."""
 
-    def start(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-        log = tmp_path_factory.mktemp("gateway") / "wardgate.log"
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.for_module: list[GatewayProcess] = []
+        self.for_session: list[GatewayProcess] = []
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None, session: bool = False) -> GatewayProcess:
+        log = self.tmp_path_factory.mktemp("gateway") / "wardgate.log"
         gateway = GatewayProcess(list(args), log, env)
-        started.append(gateway)
+        (self.for_session if session else self.for_module).append(gateway)
         return gateway
 
-    yield start
-    for gateway in started:
+    def stop_module_gateways(self) -> None:
+        while self.for_module:
+            self.for_module.pop().stop()
+
+
+@pytest.fixture(scope="session")
+def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStarter]:
+    starter = GatewayStarter(tmp_path_factory)
+    yield starter
+    starter.stop_module_gateways()
+    for gateway in starter.for_session:
         gateway.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_gateways_stop_with_their_module(start_gateway: GatewayStarter) -> Iterator[None]:
+    yield
+    start_gateway.stop_module_gateways()
 
 
 @pytest.fixture(scope="session")
 def gateway(start_gateway, upstream: FakeUpstream) -> GatewayProcess:
     """The default gateway in front of the fake upstream, with a 1 s read timeout for the slow cases."""
-    return start_gateway("--upstream", upstream.url, "--read-timeout", "1")
+    return start_gateway("--upstream", upstream.url, "--read-timeout", "1", session=True)
 
 
 @pytest.fixture(scope="session")

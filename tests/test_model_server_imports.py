@@ -21,6 +21,7 @@ ALLOWED = {
     "gateway.exchange",
     "gateway.verdict",
     "gateway.telemetry",
+    "gateway.log_filters",  # what of the libraries' logging reaches the console
     "gateway.tracing",
     "gateway.openai_messages",
     "gateway.request_body",
