@@ -122,14 +122,11 @@ class ModerationInspector:
     async def inspect(self, text: str, ctx: Context) -> Verdict:
         if not text.strip():
             return ALLOW
-        guard = self.breaker.guard(failure_types=(ModerationUnavailable,)) if self.breaker is not None \
-            else contextlib.nullcontext()
         try:
-            async with guard:  # an open breaker answers at once instead of waiting for a sick service
+            async with _service_guard(self.breaker):
                 scores = await self.client.moderate(text)
         except (ModerationUnavailable, BreakerOpen) as exc:
-            reason = exc.reason if isinstance(exc, ModerationUnavailable) else \
-                f"circuit breaker open (retry in {exc.retry_after_s:.0f} s)"
+            _, reason = _service_failure(exc)
             bypass = Bypass(self.on_failure, reason)
             if self.on_failure == "allow":
                 return Verdict(stage=self.name, bypass=bypass)
@@ -137,6 +134,19 @@ class ModerationInspector:
                            bypass=bypass)
         return _thresholded({label: round(score, 4) for label, score in scores.items()}, self.block, self.flag,
                             self.name)
+
+
+def _service_guard(breaker: Breaker | None) -> contextlib.AbstractAsyncContextManager:
+    """A service call under its breaker, if it has one: an open breaker answers at once instead of
+    waiting for a sick service."""
+    return breaker.guard(failure_types=(ModerationUnavailable,)) if breaker is not None else contextlib.nullcontext()
+
+
+def _service_failure(exc: ModerationUnavailable | BreakerOpen) -> tuple[str, str]:
+    """A failed service call's stable code (unavailable, bad_answer) and its reason in a few words."""
+    if isinstance(exc, ModerationUnavailable):
+        return exc.code, exc.reason
+    return "unavailable", f"circuit breaker open (retry in {exc.retry_after_s:.0f} s)"
 
 
 class GuardModelInspector:
@@ -190,18 +200,13 @@ class GuardModelInspector:
         prompt = None
         if ctx.direction == "output" and ctx.prompt and self.stage.max_prompt_chars:
             prompt = ctx.prompt[-self.stage.max_prompt_chars:]
-        guard = self.breaker.guard(failure_types=(ModerationUnavailable,)) if self.breaker is not None \
-            else contextlib.nullcontext()
         started = time.perf_counter()
         try:
-            async with guard:  # an open breaker answers at once instead of waiting for a sick guard
+            async with _service_guard(self.breaker):
                 answer, cached = await self.client.judge(text, prompt)
         except (ModerationUnavailable, BreakerOpen) as exc:
             elapsed = round((time.perf_counter() - started) * 1000, 3)
-            if isinstance(exc, ModerationUnavailable):
-                code, reason = exc.code, exc.reason
-            else:
-                code, reason = "unavailable", f"circuit breaker open (retry in {exc.retry_after_s:.0f} s)"
+            code, reason = _service_failure(exc)
             escalation = (Escalation(self.label, trigger, score, "failed", ms=elapsed, enforced=enforced),)
             if not enforced:  # a calibration sample decides nothing, failed or not
                 return Verdict(stage=self.name, escalations=escalation)
